@@ -1,0 +1,282 @@
+//! The one codec of driftless: every stored value goes through here.
+//!
+//! A stored value is an *envelope*:
+//!
+//! ```text
+//! +---------+------------------------------+--------------------------------+
+//! | version | body: bincode 2 (standard)   | checksum: blake3(version||body)|
+//! | 1 byte  | 0 ..= MAX_BODY_LEN bytes     | first 8 bytes                  |
+//! +---------+------------------------------+--------------------------------+
+//! ```
+//!
+//! The checksum makes a flipped byte in a stored value a [`CodecError::Checksum`] instead
+//! of silently wrong data (redb verifies its page checksums only in its integrity check, not
+//! on ordinary reads). The body is decoded with a size limit, so a length prefix that claims
+//! gigabytes is refused without allocating them. bincode is pinned to 2.0.1 and used nowhere
+//! else in driftless.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The envelope version this build writes and reads.
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Bytes of checksum at the end of every envelope.
+pub const CHECKSUM_LEN: usize = 8;
+/// The largest body the codec encodes or decodes: 16 MiB.
+pub const MAX_BODY_LEN: usize = 16 << 20;
+
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_BODY_LEN>,
+>;
+
+const fn config() -> Config {
+    bincode::config::standard().with_limit::<MAX_BODY_LEN>()
+}
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The stored bytes are shorter than an envelope can be.
+    #[error("the stored value is {len} bytes long, too short to be a driftless value")]
+    Truncated {
+        /// Its length.
+        len: usize,
+    },
+    /// The stored value was written by a newer or unknown envelope version.
+    #[error("the stored value has envelope version {found}, this build reads version {ENVELOPE_VERSION}")]
+    UnknownVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// The checksum does not match: the stored bytes were changed after they were written.
+    #[error("the stored value fails its checksum: it was changed after it was written")]
+    Checksum,
+    /// The body is larger than [`MAX_BODY_LEN`].
+    #[error("the value is {len} bytes long, more than the {MAX_BODY_LEN} allowed")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// The body does not decode as the expected type.
+    #[error("the stored value does not decode as {type_name}: {message}")]
+    Decode {
+        /// The expected type.
+        type_name: &'static str,
+        /// What bincode said.
+        message: String,
+    },
+    /// The body decoded but left bytes over.
+    #[error("the stored value decodes as {type_name} but leaves {extra} bytes over")]
+    TrailingBytes {
+        /// The expected type.
+        type_name: &'static str,
+        /// How many bytes were left.
+        extra: usize,
+    },
+    /// The value could not be encoded.
+    #[error("a value of type {type_name} could not be encoded: {message}")]
+    Encode {
+        /// The type.
+        type_name: &'static str,
+        /// What bincode said.
+        message: String,
+    },
+}
+
+fn checksum(version_and_body: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let hash = blake3::hash(version_and_body);
+    let mut out = [0u8; CHECKSUM_LEN];
+    out.copy_from_slice(hash.as_bytes().get(..CHECKSUM_LEN).unwrap_or(&[0; CHECKSUM_LEN]));
+    out
+}
+
+/// Encodes `value` as a checksummed envelope, appending to `out`.
+///
+/// # Errors
+/// [`CodecError::Encode`] if serde refuses the value, [`CodecError::TooLarge`] if its body
+/// exceeds [`MAX_BODY_LEN`].
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let start = out.len();
+    out.push(ENVELOPE_VERSION);
+    stable_encode_into(value, out)?;
+    let body_len = out.len() - start - 1;
+    if body_len > MAX_BODY_LEN {
+        out.truncate(start);
+        return Err(CodecError::TooLarge { len: body_len });
+    }
+    let sum = checksum(out.get(start..).unwrap_or_default());
+    out.extend_from_slice(&sum);
+    Ok(())
+}
+
+/// Encodes `value` as a checksummed envelope.
+///
+/// # Errors
+/// As [`encode_into`].
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// Checks an envelope's length, version and checksum and returns its body.
+///
+/// # Errors
+/// [`CodecError::Truncated`], [`CodecError::UnknownVersion`] or [`CodecError::Checksum`].
+pub fn verify(bytes: &[u8]) -> Result<&[u8], CodecError> {
+    let len = bytes.len();
+    if len < 1 + CHECKSUM_LEN {
+        return Err(CodecError::Truncated { len });
+    }
+    let (head, sum) = bytes.split_at(len - CHECKSUM_LEN);
+    let Some((&version, body)) = head.split_first() else {
+        return Err(CodecError::Truncated { len });
+    };
+    if checksum(head) != sum {
+        return Err(CodecError::Checksum);
+    }
+    if version != ENVELOPE_VERSION {
+        return Err(CodecError::UnknownVersion { found: version });
+    }
+    if body.len() > MAX_BODY_LEN {
+        return Err(CodecError::TooLarge { len: body.len() });
+    }
+    Ok(body)
+}
+
+/// Decodes a checksummed envelope written by [`encode`].
+///
+/// # Errors
+/// Any [`CodecError`] except `Encode`: never a panic, and never an allocation larger than
+/// [`MAX_BODY_LEN`], whatever the input.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    stable_decode(verify(bytes)?)
+}
+
+/// Appends the stable encoding of `value` (bincode 2 standard, no envelope): the bytes
+/// that payload hashes are computed over.
+///
+/// # Errors
+/// [`CodecError::Encode`] if serde refuses the value.
+pub fn stable_encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map_err(|e| CodecError::Encode { type_name: std::any::type_name::<T>(), message: e.to_string() })?;
+    Ok(())
+}
+
+/// Decodes bytes written by [`stable_encode_into`], with the size limit and a check that
+/// every byte was used.
+///
+/// # Errors
+/// [`CodecError::Decode`] or [`CodecError::TrailingBytes`].
+pub fn stable_decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    let type_name = std::any::type_name::<T>();
+    if body.len() > MAX_BODY_LEN {
+        return Err(CodecError::TooLarge { len: body.len() });
+    }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
+        .map_err(|e| CodecError::Decode { type_name, message: e.to_string() })?;
+    if used != body.len() {
+        return Err(CodecError::TrailingBytes { type_name, extra: body.len() - used });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Row {
+        title: String,
+        price: u64,
+        tags: Vec<String>,
+    }
+
+    fn row() -> Row {
+        Row { title: "Loft".into(), price: 420_000, tags: vec!["a".into(), "b".into()] }
+    }
+
+    #[test]
+    fn round_trips() -> Result<(), CodecError> {
+        let bytes = encode(&row())?;
+        assert_eq!(bytes.first(), Some(&ENVELOPE_VERSION));
+        assert_eq!(decode::<Row>(&bytes)?, row());
+        Ok(())
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() -> Result<(), CodecError> {
+        let bytes = encode(&row())?;
+        for at in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                if let Some(b) = damaged.get_mut(at) {
+                    *b ^= 1 << bit;
+                }
+                let got = decode::<Row>(&damaged);
+                assert!(got.is_err(), "flip of bit {bit} at byte {at} went unnoticed");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_length_claiming_gigabytes_is_refused_without_allocating() {
+        // A body whose varint length prefix claims 2^32 bytes of string data, correctly
+        // checksummed so that only the size limit stands between it and the allocator.
+        let mut body = vec![ENVELOPE_VERSION, 0xFC];
+        body.extend_from_slice(&(1u32 << 31).to_le_bytes());
+        body.extend_from_slice(b"abc");
+        let sum = checksum(&body);
+        body.extend_from_slice(&sum);
+        let err = decode::<String>(&body);
+        assert!(matches!(err, Err(CodecError::Decode { .. })), "{err:?}");
+        let nine = [0xFFu8; 9];
+        assert!(stable_decode::<Vec<Vec<u64>>>(&nine).is_err());
+    }
+
+    #[test]
+    fn short_and_foreign_inputs_are_clear_errors() {
+        assert_eq!(decode::<u64>(&[]), Err(CodecError::Truncated { len: 0 }));
+        assert_eq!(decode::<u64>(&[1; 8]), Err(CodecError::Truncated { len: 8 }));
+        assert_eq!(decode::<u64>(b"not a driftless value"), Err(CodecError::Checksum));
+    }
+
+    #[test]
+    fn a_newer_version_byte_is_named() -> Result<(), CodecError> {
+        let mut bytes = vec![7u8, 1];
+        let sum = checksum(&bytes);
+        bytes.extend_from_slice(&sum);
+        assert_eq!(decode::<u8>(&bytes), Err(CodecError::UnknownVersion { found: 7 }));
+        Ok(())
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() -> Result<(), CodecError> {
+        let mut body = Vec::new();
+        stable_encode_into(&5u8, &mut body)?;
+        body.push(0);
+        assert!(matches!(stable_decode::<u8>(&body), Err(CodecError::TrailingBytes { extra: 1, .. })));
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<Row>(&bytes);
+            let _ = stable_decode::<Row>(&bytes);
+            let _ = stable_decode::<Vec<String>>(&bytes);
+        }
+
+        #[test]
+        fn round_trip_any_row(title in ".{0,40}", price in any::<u64>(), tags in proptest::collection::vec(".{0,8}", 0..5)) {
+            let r = Row { title, price, tags };
+            let bytes = encode(&r).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(decode::<Row>(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?, r);
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! # driftless-domain
+//!
+//! The pure core of driftless: identifiers, the [`Event`] and [`Projector`] contracts, the
+//! [`codec`] every stored value goes through, the offset-store port, and the reconciliation
+//! policy (sampling, drift, cadences, promotion). It does no I/O, starts no threads and
+//! knows nothing of redb.
+//!
+//! ```
+//! use driftless_domain::{Event, EventId, Timestamp};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Renamed { user: String, at: u64, name: String }
+//!
+//! impl Event for Renamed {
+//!     fn aggregate_id(&self) -> &str { &self.user }
+//!     fn event_name(&self) -> &str { "Renamed" }
+//!     fn occurred_at(&self) -> Timestamp { Timestamp(self.at) }
+//! }
+//!
+//! let e = Renamed { user: "u1".into(), at: 1_000, name: "Ada".into() };
+//! assert_eq!(e.event_id(), EventId::derive("u1", Timestamp(1_000), "Renamed"));
+//! assert_eq!(e.event_id().as_str(), "u1:1000:Renamed");
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod clock;
+pub mod codec;
+pub mod event;
+pub mod ids;
+pub mod offsets;
+pub mod projector;
+pub mod reconcile;
+pub mod table;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::CodecError;
+pub use event::{Event, PayloadHash, PreparedEvent};
+pub use ids::{EventId, HandlerName, NameError, Timestamp};
+pub use offsets::{InMemoryOffsetStore, OffsetOutcome, OffsetRecord, OffsetStore};
+pub use projector::{
+    ApplyError, CommittedRows, ProjectionContext, Projector, TableMut, TableSlot, ViewError, Views, WriteSet,
+};
+pub use table::{KeyDecodeError, TableDef, TableId, ViewKey, ViewValue};

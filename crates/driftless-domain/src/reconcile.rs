@@ -1,0 +1,1 @@
+//! Reconciliation policy (filled in below).
