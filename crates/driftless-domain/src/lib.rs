@@ -42,3 +42,9 @@ pub use projector::{
     ApplyError, CommittedRows, ProjectionContext, Projector, TableMut, TableSlot, ViewError, Views, WriteSet,
 };
 pub use table::{KeyDecodeError, TableDef, TableId, ViewKey, ViewValue};
+
+// Reconciliation policy.
+pub use reconcile::{
+    Cadence, DriftPolicy, PromotionPolicy, PromotionState, ReadModelHealth, ReconcileError, ReconcileMode,
+    ReconcilePolicy, ReconcileResult, RunSummary, SampleKey, SamplingPolicy,
+};

@@ -1,1 +1,0 @@
-//! Reconciliation policy (filled in below).

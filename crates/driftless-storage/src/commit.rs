@@ -1,0 +1,806 @@
+//! The projection commit: a batch of events and the registered projectors in one redb
+//! write transaction, with exactly-once bookkeeping per (event, handler).
+
+use crate::error::CommitError;
+use crate::registry::Registry;
+use crate::schema::{
+    physical, shadow, DeadLetter, HandlerRecord, IndexRow, JournalEntry, ReadModelRecord, DEAD_LETTERS,
+    EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META, META_HEAD, READ_MODELS,
+};
+use crate::store::Store;
+use driftless_domain::{
+    codec, ApplyError, CommittedRows, Event, EventId, PayloadHash, PreparedEvent, ProjectionContext, Timestamp,
+    ViewError, WriteSet,
+};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// What happened to one event for one handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerOutcome {
+    /// Applied now.
+    Applied,
+    /// Already applied with the same payload: skipped.
+    Duplicate,
+    /// The projector does not handle this kind of event; recorded as processed.
+    NotHandled,
+    /// `apply` failed: nothing of it was written and it is kept as a dead letter.
+    DeadLettered {
+        /// The error text.
+        reason: String,
+    },
+    /// The handler is paused or catching up; it will reach the event from the journal.
+    Deferred,
+}
+
+/// What happened to one event, across handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// At least one handler applied it (see the per-handler outcomes for the rest).
+    Applied,
+    /// Every handler had already applied it with the same payload.
+    Duplicate,
+    /// Its id was already applied with a different payload: skipped and reported.
+    Conflict {
+        /// The hash of what was applied first.
+        recorded: PayloadHash,
+    },
+    /// Every handler that tried it failed; it is kept as a dead letter.
+    Rejected {
+        /// The first handler's error text.
+        reason: String,
+    },
+    /// Accepted into the journal; the handlers that need it are paused or catching up.
+    Deferred,
+}
+
+/// The report of one event in a committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventReport {
+    /// The event id.
+    pub event_id: EventId,
+    /// Its journal position, when it was journaled by this commit or replayed from it.
+    pub position: Option<u64>,
+    /// The overall outcome.
+    pub outcome: EventOutcome,
+    /// Per handler, by index in the registry.
+    pub handlers: Vec<(usize, HandlerOutcome)>,
+}
+
+/// The report of one committed batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// One report per event, in order.
+    pub events: Vec<EventReport>,
+    /// The clock reading the batch was committed with.
+    pub committed_at: Timestamp,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// New deliveries: journal them and hand out positions.
+    Live,
+    /// Entries read back from the journal (catch-up, rebuild): positions are known.
+    Replay,
+    /// A dead-letter retry of one handler.
+    Retry,
+}
+
+#[derive(Serialize)]
+struct JournalEntryRef<'a> {
+    position: u64,
+    event_id: &'a str,
+    aggregate_id: &'a str,
+    event_name: &'a str,
+    occurred_at: Timestamp,
+    accepted_at: Timestamp,
+    hash: [u8; 32],
+    body: &'a [u8],
+}
+
+type RawTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+
+struct Committed<'b, 't> {
+    tables: &'b [Option<RawTable<'t>>],
+}
+
+impl CommittedRows for Committed<'_, '_> {
+    fn get(&self, slot: usize, key: &[u8]) -> Result<Option<Vec<u8>>, ViewError> {
+        let Some(Some(table)) = self.tables.get(slot) else {
+            return Ok(None);
+        };
+        table.get(key).map(|g| g.map(|v| v.value().to_vec())).map_err(|e| ViewError::Storage {
+            table: format!("table slot {slot}"),
+            source: Box::new(e),
+        })
+    }
+}
+
+/// The open tables and buffered writes of one write transaction.
+struct Batch<'t, 'r, E> {
+    store: &'t Store,
+    reg: &'r Registry<E>,
+    subset: Vec<usize>,
+    records: Vec<HandlerRecord>,
+    start_head: u64,
+    head: u64,
+    now: Timestamp,
+    mode: Mode,
+    meta: Table<'t, &'static str, &'static [u8]>,
+    handlers_t: Table<'t, &'static str, &'static [u8]>,
+    index: Table<'t, &'static str, &'static [u8]>,
+    journal: Option<Table<'t, u64, &'static [u8]>>,
+    by_aggregate: Option<Table<'t, (&'static str, u64), ()>>,
+    dead: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    rm: Vec<Option<RawTable<'t>>>,
+    index_overlay: BTreeMap<String, Option<IndexRow>>,
+    dead_overlay: BTreeMap<(String, String), Option<DeadLetter>>,
+    aggregate_keys: Vec<(String, u64)>,
+    ws: WriteSet,
+    scratch: Vec<u8>,
+}
+
+fn decode_opt<T: serde::de::DeserializeOwned>(bytes: Option<redb::AccessGuard<'_, &[u8]>>) -> Result<Option<T>, CommitError> {
+    Ok(match bytes {
+        Some(b) => Some(codec::decode(b.value())?),
+        None => None,
+    })
+}
+
+impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
+    fn open(
+        store: &'t Store,
+        txn: &'t WriteTransaction,
+        reg: &'r Registry<E>,
+        subset: Vec<usize>,
+        mode: Mode,
+        now: Timestamp,
+        shadow_tables: bool,
+    ) -> Result<Self, CommitError> {
+        let f = |e: redb::TableError| store.fail(e);
+        let meta = txn.open_table(META).map_err(f)?;
+        let handlers_t = txn.open_table(HANDLERS).map_err(f)?;
+        let index = txn.open_table(EVENT_INDEX).map_err(f)?;
+        let dead = txn.open_table(DEAD_LETTERS).map_err(f)?;
+        let (journal, by_aggregate) = if store.journal_enabled() {
+            (Some(txn.open_table(JOURNAL).map_err(f)?), Some(txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?))
+        } else {
+            (None, None)
+        };
+        let head: u64 = decode_opt(meta.get(META_HEAD).map_err(|e| store.fail(e))?)?.unwrap_or(0);
+        let mut records = Vec::with_capacity(subset.len());
+        let mut rm: Vec<Option<RawTable<'t>>> = (0..reg.tables.len()).map(|_| None).collect();
+        for &i in &subset {
+            let Some(h) = reg.handlers.get(i) else {
+                return Err(CommitError::UnknownHandler(format!("#{i}")));
+            };
+            let rec: HandlerRecord = decode_opt(handlers_t.get(h.name.as_str()).map_err(|e| store.fail(e))?)?
+                .ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
+            records.push(rec);
+            for t in &h.tables {
+                let name = if shadow_tables { shadow(t.id.name) } else { physical(t.id.name) };
+                let table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)).map_err(f)?;
+                if let Some(slot) = rm.get_mut(t.slot) {
+                    *slot = Some(table);
+                }
+            }
+        }
+        Ok(Self {
+            store,
+            reg,
+            subset,
+            records,
+            start_head: head,
+            head,
+            now,
+            mode,
+            meta,
+            handlers_t,
+            index,
+            journal,
+            by_aggregate,
+            dead,
+            rm,
+            index_overlay: BTreeMap::new(),
+            dead_overlay: BTreeMap::new(),
+            aggregate_keys: Vec::new(),
+            ws: WriteSet::new(reg.tables.len()),
+            scratch: Vec::with_capacity(256),
+        })
+    }
+
+    fn load_row(&self, id: &str) -> Result<Option<IndexRow>, CommitError> {
+        if let Some(row) = self.index_overlay.get(id) {
+            return Ok(row.clone());
+        }
+        decode_opt(self.index.get(id).map_err(|e| self.store.fail(e))?)
+    }
+
+    fn load_dead(&self, handler: &str, id: &str) -> Result<Option<DeadLetter>, CommitError> {
+        if let Some(d) = self.dead_overlay.get(&(handler.to_string(), id.to_string())) {
+            return Ok(d.clone());
+        }
+        decode_opt(self.dead.get((handler, id)).map_err(|e| self.store.fail(e))?)
+    }
+
+    fn process(&mut self, ev: &PreparedEvent<E>, known_position: u64) -> Result<EventReport, CommitError> {
+        let id = ev.id.as_str();
+        let mut row = self.load_row(id)?;
+        if let Some(r) = &row {
+            if !r.is_empty() && r.hash != ev.hash.0 {
+                return Ok(EventReport {
+                    event_id: ev.id.clone(),
+                    position: None,
+                    outcome: EventOutcome::Conflict { recorded: r.payload_hash() },
+                    handlers: Vec::new(),
+                });
+            }
+        }
+        let needed = self.subset.iter().any(|&i| {
+            self.reg.handlers.get(i).is_some_and(|h| !row.as_ref().is_some_and(|r| r.has(h.slot)))
+        });
+        let position = match self.mode {
+            Mode::Live if self.journal.is_some() && (row.is_none() || needed) => {
+                self.head += 1;
+                self.append_journal(ev, self.head)?;
+                Some(self.head)
+            }
+            Mode::Live => None,
+            Mode::Replay | Mode::Retry => Some(known_position),
+        };
+        let mut outcomes = Vec::with_capacity(self.subset.len());
+        let mut changed = false;
+        for k in 0..self.subset.len() {
+            let (Some(&i), Some(rec)) = (self.subset.get(k), self.records.get(k)) else { continue };
+            let Some(h) = self.reg.handlers.get(i) else { continue };
+            let deferred = match self.mode {
+                Mode::Live => rec.paused || rec.seen < self.start_head,
+                Mode::Replay => known_position <= rec.seen,
+                Mode::Retry => false,
+            };
+            if deferred {
+                outcomes.push((i, HandlerOutcome::Deferred));
+                continue;
+            }
+            if row.as_ref().is_some_and(|r| r.has(h.slot)) {
+                if self.mode == Mode::Retry {
+                    self.clear_dead_letter(k, i, id)?;
+                }
+                outcomes.push((i, HandlerOutcome::Duplicate));
+                continue;
+            }
+            let pos = position.unwrap_or(0);
+            let result = if h.projector.handles(&ev.event) {
+                let ctx = ProjectionContext {
+                    event_id: ev.id.clone(),
+                    handler: h.name.clone(),
+                    occurred_at: ev.event.occurred_at(),
+                    applied_at: self.now,
+                    payload_hash: ev.hash,
+                    position: pos,
+                };
+                let committed = Committed { tables: &self.rm };
+                let mut views = self.ws.views(&h.name, &h.tables, &committed);
+                let projector = &h.projector;
+                match catch_unwind(AssertUnwindSafe(|| projector.apply(&ev.event, &ctx, &mut views))) {
+                    Ok(Ok(())) => Ok(true),
+                    Ok(Err(ApplyError::View(ViewError::Storage { table, source }))) => {
+                        self.ws.discard_pending();
+                        return Err(self.store.fail(ViewError::Storage { table, source }));
+                    }
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(panic) => Err(panic_text(&panic)),
+                }
+            } else {
+                Ok(false)
+            };
+            match result {
+                Ok(handled) => {
+                    self.ws.keep_pending();
+                    let r = row.get_or_insert_with(|| IndexRow {
+                        position: pos,
+                        applied_at: self.now.0,
+                        hash: ev.hash.0,
+                        applied: Vec::new(),
+                        late: Vec::new(),
+                    });
+                    if r.is_empty() {
+                        r.position = pos;
+                        r.applied_at = self.now.0;
+                        r.hash = ev.hash.0;
+                        r.late.clear();
+                    }
+                    r.set(h.slot, self.now.0);
+                    changed = true;
+                    if let Some(rec) = self.records.get_mut(k) {
+                        if handled {
+                            let occurred = ev.event.occurred_at();
+                            rec.applied += 1;
+                            rec.last_occurred_at = Some(rec.last_occurred_at.map_or(occurred, |o| o.max(occurred)));
+                            rec.last_applied_at = Some(self.now);
+                            rec.last_commit_lag_ms = Some(self.now.millis_since(occurred));
+                        }
+                    }
+                    self.clear_dead_letter(k, i, id)?;
+                    outcomes.push((i, if handled { HandlerOutcome::Applied } else { HandlerOutcome::NotHandled }));
+                }
+                Err(reason) => {
+                    self.ws.discard_pending();
+                    self.record_dead_letter(k, i, ev, pos, &reason)?;
+                    outcomes.push((i, HandlerOutcome::DeadLettered { reason }));
+                }
+            }
+        }
+        if changed {
+            self.index_overlay.insert(id.to_string(), row);
+        }
+        if self.mode == Mode::Replay {
+            for rec in &mut self.records {
+                rec.seen = rec.seen.max(known_position);
+            }
+        }
+        Ok(EventReport { event_id: ev.id.clone(), position, outcome: summarize(&outcomes), handlers: outcomes })
+    }
+
+    fn append_journal(&mut self, ev: &PreparedEvent<E>, position: u64) -> Result<(), CommitError> {
+        let Some(journal) = self.journal.as_mut() else { return Ok(()) };
+        let entry = JournalEntryRef {
+            position,
+            event_id: ev.id.as_str(),
+            aggregate_id: ev.event.aggregate_id(),
+            event_name: ev.event.event_name(),
+            occurred_at: ev.event.occurred_at(),
+            accepted_at: self.now,
+            hash: ev.hash.0,
+            body: &ev.encoded,
+        };
+        self.scratch.clear();
+        codec::encode_into(&entry, &mut self.scratch)?;
+        journal.insert(position, self.scratch.as_slice()).map_err(|e| self.store.fail(e))?;
+        self.aggregate_keys.push((ev.event.aggregate_id().to_string(), position));
+        Ok(())
+    }
+
+    fn clear_dead_letter(&mut self, k: usize, i: usize, id: &str) -> Result<(), CommitError> {
+        let (Some(rec), Some(h)) = (self.records.get(k), self.reg.handlers.get(i)) else { return Ok(()) };
+        if rec.dead_letters == 0 {
+            return Ok(());
+        }
+        let name = h.name.to_string();
+        if self.load_dead(&name, id)?.is_some() {
+            self.dead_overlay.insert((name, id.to_string()), None);
+            if let Some(rec) = self.records.get_mut(k) {
+                rec.dead_letters = rec.dead_letters.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn record_dead_letter(
+        &mut self,
+        k: usize,
+        i: usize,
+        ev: &PreparedEvent<E>,
+        position: u64,
+        reason: &str,
+    ) -> Result<(), CommitError> {
+        let Some(h) = self.reg.handlers.get(i) else { return Ok(()) };
+        let name = h.name.to_string();
+        tracing::debug!(handler = %name, event_id = %ev.id, %reason, "event dead-lettered");
+        let prior = self.load_dead(&name, ev.id.as_str())?;
+        let letter = match prior {
+            Some(mut d) => {
+                d.attempts = d.attempts.saturating_add(1);
+                d.reason = reason.to_string();
+                d.last_failed_at = self.now;
+                d.position = position;
+                d.body.clone_from(&ev.encoded);
+                d
+            }
+            None => {
+                if let Some(rec) = self.records.get_mut(k) {
+                    rec.dead_letters += 1;
+                }
+                DeadLetter {
+                    handler: name.clone(),
+                    event_id: ev.id.to_string(),
+                    reason: reason.to_string(),
+                    attempts: 1,
+                    first_failed_at: self.now,
+                    last_failed_at: self.now,
+                    position,
+                    body: ev.encoded.clone(),
+                }
+            }
+        };
+        self.dead_overlay.insert((name, ev.id.to_string()), Some(letter));
+        Ok(())
+    }
+
+    /// Writes the buffered rows, index rows, journal keys and dead letters into the
+    /// transaction, in key order.
+    fn flush(&mut self) -> Result<(), CommitError> {
+        let store = self.store;
+        for (slot, rows) in self.ws.take().into_iter().enumerate() {
+            let Some(Some(table)) = self.rm.get_mut(slot) else { continue };
+            for (key, write) in rows {
+                match write {
+                    Some(v) => table.insert(key.as_slice(), v.as_slice()).map(drop),
+                    None => table.remove(key.as_slice()).map(drop),
+                }
+                .map_err(|e| store.fail(e))?;
+            }
+        }
+        for (id, row) in std::mem::take(&mut self.index_overlay) {
+            match row {
+                Some(row) if !row.is_empty() => {
+                    self.scratch.clear();
+                    codec::encode_into(&row, &mut self.scratch)?;
+                    self.index.insert(id.as_str(), self.scratch.as_slice()).map(drop)
+                }
+                _ => self.index.remove(id.as_str()).map(drop),
+            }
+            .map_err(|e| store.fail(e))?;
+        }
+        if let Some(by_aggregate) = self.by_aggregate.as_mut() {
+            self.aggregate_keys.sort_unstable();
+            for (aggregate, position) in self.aggregate_keys.drain(..) {
+                by_aggregate.insert((aggregate.as_str(), position), ()).map_err(|e| store.fail(e))?;
+            }
+        }
+        for ((handler, id), letter) in std::mem::take(&mut self.dead_overlay) {
+            match letter {
+                Some(d) => {
+                    let bytes = codec::encode(&d)?;
+                    self.dead.insert((handler.as_str(), id.as_str()), bytes.as_slice()).map(drop)
+                }
+                None => self.dead.remove((handler.as_str(), id.as_str())).map(drop),
+            }
+            .map_err(|e| store.fail(e))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and records handler progress and the journal head.
+    fn finish(mut self) -> Result<(), CommitError> {
+        self.flush()?;
+        let store = self.store;
+        for (k, &i) in self.subset.iter().enumerate() {
+            let (Some(h), Some(rec)) = (self.reg.handlers.get(i), self.records.get_mut(k)) else { continue };
+            if self.mode == Mode::Live && !rec.paused && rec.seen >= self.start_head {
+                rec.seen = self.head;
+            }
+            let bytes = codec::encode(rec)?;
+            self.handlers_t.insert(h.name.as_str(), bytes.as_slice()).map_err(|e| store.fail(e))?;
+        }
+        if self.head != self.start_head {
+            let bytes = codec::encode(&self.head)?;
+            self.meta.insert(META_HEAD, bytes.as_slice()).map_err(|e| store.fail(e))?;
+        }
+        Ok(())
+    }
+}
+
+fn summarize(outcomes: &[(usize, HandlerOutcome)]) -> EventOutcome {
+    let any = |f: fn(&HandlerOutcome) -> bool| outcomes.iter().any(|(_, o)| f(o));
+    if any(|o| matches!(o, HandlerOutcome::Applied | HandlerOutcome::NotHandled)) {
+        return EventOutcome::Applied;
+    }
+    if let Some((_, HandlerOutcome::DeadLettered { reason })) =
+        outcomes.iter().find(|(_, o)| matches!(o, HandlerOutcome::DeadLettered { .. }))
+    {
+        return EventOutcome::Rejected { reason: reason.clone() };
+    }
+    if any(|o| matches!(o, HandlerOutcome::Deferred)) {
+        return EventOutcome::Deferred;
+    }
+    EventOutcome::Duplicate
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_string());
+    format!("the projector panicked: {msg}")
+}
+
+/// How many journal entries one catch-up or rebuild step reads at a time.
+const REPLAY_CHUNK: usize = 4096;
+
+/// What a catch-up or rebuild did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Journal entries read.
+    pub replayed: u64,
+    /// Events applied.
+    pub applied: u64,
+    /// Events dead-lettered.
+    pub dead_lettered: u64,
+}
+
+impl ReplayReport {
+    fn count(&mut self, r: &EventReport) {
+        self.replayed += 1;
+        for (_, o) in &r.handlers {
+            match o {
+                HandlerOutcome::Applied => self.applied += 1,
+                HandlerOutcome::DeadLettered { .. } => self.dead_lettered += 1,
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Projects a batch of new deliveries through every registered projector in ONE write
+    /// transaction.
+    ///
+    /// For each (event, handler): a duplicate is skipped; an id already applied with
+    /// another payload is a conflict (skipped, reported); otherwise `apply` runs. A failing
+    /// or panicking `apply` leaves no offset and no write for that event and handler, and
+    /// records a dead letter; the rest of the batch commits.
+    ///
+    /// # Errors
+    /// [`CommitError`] when the transaction cannot be committed; nothing of the batch is
+    /// then written, and storage failures poison the store.
+    pub fn project<E: Event>(
+        &self,
+        reg: &Registry<E>,
+        events: &[PreparedEvent<E>],
+        now: Timestamp,
+    ) -> Result<BatchReport, CommitError> {
+        let txn = self.begin_write()?;
+        let mut batch = Batch::open(self, &txn, reg, (0..reg.handlers.len()).collect(), Mode::Live, now, false)?;
+        let mut reports = Vec::with_capacity(events.len());
+        for ev in events {
+            reports.push(batch.process(ev, 0)?);
+        }
+        batch.finish()?;
+        self.commit(txn)?;
+        Ok(BatchReport { events: reports, committed_at: now })
+    }
+
+    /// Whether the handler has processed every journal entry (and is not paused).
+    ///
+    /// # Errors
+    /// [`CommitError`] when its record cannot be read.
+    pub fn behind<E: Event>(&self, reg: &Registry<E>, handler: usize) -> Result<bool, CommitError> {
+        let h = reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+        let rec = self.handler_record(h.name.as_str())?.ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
+        Ok(rec.seen < self.journal_head()?)
+    }
+
+    /// Brings one handler up to the journal head, in transactions of a few thousand
+    /// entries. A paused handler is left alone.
+    ///
+    /// # Errors
+    /// [`CommitError`] as for [`Store::project`].
+    pub fn catch_up<E: Event>(
+        &self,
+        reg: &Registry<E>,
+        handler: usize,
+        now: &dyn Fn() -> Timestamp,
+    ) -> Result<ReplayReport, CommitError> {
+        let mut report = ReplayReport::default();
+        loop {
+            let h = reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+            let rec =
+                self.handler_record(h.name.as_str())?.ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
+            if rec.paused {
+                return Ok(report);
+            }
+            let entries = self.journal_range(rec.seen + 1, REPLAY_CHUNK)?;
+            if entries.is_empty() {
+                return Ok(report);
+            }
+            let txn = self.begin_write()?;
+            let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Replay, now(), false)?;
+            for entry in entries {
+                let position = entry.position;
+                let ev = PreparedEvent::<E>::from_encoded(entry.body)?;
+                let r = batch.process(&ev, position)?;
+                report.count(&r);
+            }
+            batch.finish()?;
+            self.commit(txn)?;
+        }
+    }
+
+    /// Retries a dead letter of one handler: applies the stored event again for that handler
+    /// only. Success (or finding it already applied) removes the dead letter.
+    ///
+    /// # Errors
+    /// [`CommitError`] as for [`Store::project`]; `Ok(None)` when there is no such dead
+    /// letter.
+    pub fn retry_dead_letter<E: Event>(
+        &self,
+        reg: &Registry<E>,
+        handler: usize,
+        event_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<EventReport>, CommitError> {
+        let h = reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+        let Some(letter) = self.dead_letter(h.name.as_str(), event_id)? else { return Ok(None) };
+        let ev = PreparedEvent::<E>::from_encoded(letter.body)?;
+        let txn = self.begin_write()?;
+        let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Retry, now, false)?;
+        let report = batch.process(&ev, letter.position)?;
+        batch.finish()?;
+        self.commit(txn)?;
+        Ok(Some(report))
+    }
+
+    /// Rebuilds one handler's read models from the journal without downtime: the handler's
+    /// offsets and dead letters are reset, every journal entry is projected into shadow
+    /// tables, and the shadows replace the live tables — all in ONE write transaction, so a
+    /// reader sees the old tables until the commit and the new ones after it.
+    ///
+    /// # Errors
+    /// [`CommitError::NoJournal`] without a journal; otherwise as [`Store::project`].
+    pub fn rebuild<E: Event>(
+        &self,
+        reg: &Registry<E>,
+        handler: usize,
+        now: Timestamp,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<ReplayReport, CommitError> {
+        if !self.journal_enabled() {
+            return Err(CommitError::NoJournal);
+        }
+        let h = reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+        let name = h.name.as_str();
+        let head = self.journal_head()?;
+        let txn = self.begin_write()?;
+        let f = |e: redb::TableError| self.fail(e);
+        // Reset the handler: its offsets, dead letters and progress.
+        {
+            let mut index = txn.open_table(EVENT_INDEX).map_err(f)?;
+            let mut after: Option<String> = None;
+            loop {
+                let mut chunk: Vec<(String, IndexRow)> = Vec::new();
+                {
+                    let range = match &after {
+                        Some(a) => index.range::<&str>((std::ops::Bound::Excluded(a.as_str()), std::ops::Bound::Unbounded)),
+                        None => index.range::<&str>(..),
+                    }
+                    .map_err(|e| self.fail(e))?;
+                    for item in range.take(REPLAY_CHUNK) {
+                        let (k, v) = item.map_err(|e| self.fail(e))?;
+                        let row: IndexRow = codec::decode(v.value())?;
+                        chunk.push((k.value().to_string(), row));
+                    }
+                }
+                let Some((last, _)) = chunk.last() else { break };
+                after = Some(last.clone());
+                for (k, mut row) in chunk {
+                    if row.has(h.slot) {
+                        row.clear(h.slot);
+                        if row.is_empty() {
+                            index.remove(k.as_str()).map_err(|e| self.fail(e))?;
+                        } else {
+                            index.insert(k.as_str(), codec::encode(&row)?.as_slice()).map_err(|e| self.fail(e))?;
+                        }
+                    }
+                }
+            }
+            let mut dead = txn.open_table(DEAD_LETTERS).map_err(f)?;
+            let mut mine = Vec::new();
+            for item in dead.range::<(&str, &str)>((name, "")..).map_err(|e| self.fail(e))? {
+                let (k, _) = item.map_err(|e| self.fail(e))?;
+                let (hn, id) = k.value();
+                if hn != name {
+                    break;
+                }
+                mine.push(id.to_string());
+            }
+            for id in mine {
+                dead.remove((name, id.as_str())).map_err(|e| self.fail(e))?;
+            }
+            let mut handlers_t = txn.open_table(HANDLERS).map_err(f)?;
+            let mut rec: HandlerRecord = decode_opt(handlers_t.get(name).map_err(|e| self.fail(e))?)?
+                .ok_or_else(|| CommitError::UnknownHandler(name.to_string()))?;
+            rec.seen = 0;
+            rec.applied = 0;
+            rec.dead_letters = 0;
+            rec.last_occurred_at = None;
+            rec.last_applied_at = None;
+            rec.last_commit_lag_ms = None;
+            handlers_t.insert(name, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+            for t in &h.tables {
+                let s = shadow(t.id.name);
+                txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&s)).map_err(f)?;
+            }
+        }
+        // Project the whole journal into the shadow tables.
+        let mut report = ReplayReport::default();
+        {
+            let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Replay, now, true)?;
+            let mut next = 1u64;
+            while next <= head {
+                let mut last = next;
+                let entries: Vec<JournalEntry> = {
+                    let journal = batch.journal.as_ref().ok_or(CommitError::NoJournal)?;
+                    let mut out = Vec::new();
+                    for item in journal.range(next..=head).map_err(|e| self.fail(e))?.take(REPLAY_CHUNK) {
+                        let (k, v) = item.map_err(|e| self.fail(e))?;
+                        last = k.value();
+                        out.push(codec::decode(v.value())?);
+                    }
+                    out
+                };
+                if entries.is_empty() {
+                    break;
+                }
+                for entry in entries {
+                    let position = entry.position;
+                    let ev = PreparedEvent::<E>::from_encoded(entry.body)?;
+                    let r = batch.process(&ev, position)?;
+                    report.count(&r);
+                }
+                batch.flush()?;
+                progress(last, head);
+                next = last + 1;
+            }
+            batch.finish()?;
+        }
+        // Swap the shadows in.
+        {
+            let mut rm = txn.open_table(READ_MODELS).map_err(f)?;
+            for t in &h.tables {
+                let live = physical(t.id.name);
+                let s = shadow(t.id.name);
+                txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&live)).map_err(f)?;
+                txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&s)).map_err(f)?;
+                txn.rename_table(
+                    TableDefinition::<&[u8], &[u8]>::new(&s),
+                    TableDefinition::<&[u8], &[u8]>::new(&live),
+                )
+                .map_err(f)?;
+                let prior: Option<ReadModelRecord> = decode_opt(rm.get(t.id.name).map_err(|e| self.fail(e))?)?;
+                let rec = ReadModelRecord {
+                    owner: name.to_string(),
+                    kind: crate::schema::ReadModelKind::Projected,
+                    fingerprint: t.id.fingerprint,
+                    kill_switch: prior.and_then(|p| p.kill_switch),
+                    refreshed_at: None,
+                };
+                rm.insert(t.id.name, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+            }
+        }
+        self.commit(txn)?;
+        tracing::info!(handler = name, replayed = report.replayed, applied = report.applied, "rebuild committed");
+        Ok(report)
+    }
+
+    /// Replaces every row of a materialized view in one write transaction: a reader sees
+    /// the old rows or the new ones, never a mix.
+    ///
+    /// # Errors
+    /// [`CommitError::UnknownReadModel`] when `view` is not a registered view; otherwise
+    /// as [`Store::project`].
+    pub fn replace_view(&self, view: &str, rows: &[(Vec<u8>, Vec<u8>)], now: Timestamp) -> Result<(), CommitError> {
+        let txn = self.begin_write()?;
+        let f = |e: redb::TableError| self.fail(e);
+        {
+            let mut rm = txn.open_table(READ_MODELS).map_err(f)?;
+            let mut rec: ReadModelRecord = decode_opt(rm.get(view).map_err(|e| self.fail(e))?)?
+                .ok_or_else(|| CommitError::UnknownReadModel(view.to_string()))?;
+            if rec.kind != crate::schema::ReadModelKind::View {
+                return Err(CommitError::UnknownReadModel(view.to_string()));
+            }
+            let live = physical(view);
+            txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&live)).map_err(f)?;
+            let mut table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&live)).map_err(f)?;
+            for (k, v) in rows {
+                table.insert(k.as_slice(), v.as_slice()).map_err(|e| self.fail(e))?;
+            }
+            rec.refreshed_at = Some(now);
+            rm.insert(view, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+        }
+        self.commit(txn)
+    }
+}

@@ -1,0 +1,617 @@
+//! Read repositories and the read side of the store's bookkeeping.
+
+use crate::error::{CommitError, ReadError};
+use crate::schema::{
+    physical, DeadLetter, HandlerRecord, IndexRow, JournalEntry, KillSwitch, ReadModelRecord, DEAD_LETTERS,
+    EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META, META_HEAD, READ_MODELS,
+};
+use crate::store::Store;
+use driftless_domain::{codec, OffsetRecord, TableDef, Timestamp, ViewKey, ViewValue};
+use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+
+/// A read-only, typed view of one read model at one snapshot.
+///
+/// It has no write method: the only writers of a read model are its projector and, for a
+/// materialized view, its refresh. Reads never block on the writer (snapshot isolation).
+pub struct ReadRepository<K, V> {
+    table: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    name: String,
+    marker: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> std::fmt::Debug for ReadRepository<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadRepository").field("name", &self.name).finish()
+    }
+}
+
+/// What opening a read model answered.
+#[derive(Debug)]
+pub enum ReadAnswer<K, V> {
+    /// The read model is serving.
+    Ready(ReadRepository<K, V>),
+    /// Its kill switch is engaged: read the source of truth instead.
+    UseSourceOfTruth {
+        /// The read model.
+        read_model: String,
+        /// Since when.
+        since: Timestamp,
+    },
+}
+
+impl<K: ViewKey, V: ViewValue> ReadRepository<K, V> {
+    /// The read model's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn decode_value(&self, bytes: &[u8]) -> Result<V, ReadError> {
+        codec::decode(bytes).map_err(|source| ReadError::Codec { table: self.name.clone(), source })
+    }
+
+    fn decode_key(&self, bytes: &[u8]) -> Result<K, ReadError> {
+        K::decode_key(bytes).map_err(|source| ReadError::Key { table: self.name.clone(), source })
+    }
+
+    /// The row under `key`.
+    ///
+    /// # Errors
+    /// [`ReadError::Codec`] when the stored row is damaged.
+    pub fn get(&self, key: &K) -> Result<Option<V>, ReadError> {
+        let Some(table) = &self.table else { return Ok(None) };
+        match table.get(key.to_key_bytes().as_slice())? {
+            Some(v) => self.decode_value(v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// How many rows there are.
+    ///
+    /// # Errors
+    /// [`ReadError::Storage`] when storage fails.
+    pub fn len(&self) -> Result<u64, ReadError> {
+        match &self.table {
+            Some(t) => Ok(t.len()?),
+            None => Ok(0),
+        }
+    }
+
+    /// Whether there are no rows.
+    ///
+    /// # Errors
+    /// [`ReadError::Storage`] when storage fails.
+    pub fn is_empty(&self) -> Result<bool, ReadError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Every row in key order.
+    ///
+    /// # Errors
+    /// [`ReadError::Storage`] when the iteration cannot start; each item may carry a
+    /// [`ReadError::Codec`] for a damaged row.
+    pub fn iter(&self) -> Result<impl Iterator<Item = Result<(K, V), ReadError>> + '_, ReadError> {
+        self.range(..)
+    }
+
+    /// The rows whose keys fall in `range`, in key order.
+    ///
+    /// # Errors
+    /// As [`Self::iter`].
+    pub fn range<R: RangeBounds<K>>(
+        &self,
+        range: R,
+    ) -> Result<impl Iterator<Item = Result<(K, V), ReadError>> + '_, ReadError> {
+        let enc = |b: Bound<&K>| match b {
+            Bound::Included(k) => Bound::Included(k.to_key_bytes()),
+            Bound::Excluded(k) => Bound::Excluded(k.to_key_bytes()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let (start, end) = (enc(range.start_bound()), enc(range.end_bound()));
+        let inner = match &self.table {
+            Some(t) => {
+                let s = match &start {
+                    Bound::Included(v) => Bound::Included(v.as_slice()),
+                    Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                let e = match &end {
+                    Bound::Included(v) => Bound::Included(v.as_slice()),
+                    Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
+                    Bound::Unbounded => Bound::Unbounded,
+                };
+                Some(t.range::<&[u8]>((s, e))?)
+            }
+            None => None,
+        };
+        Ok(inner.into_iter().flatten().map(move |item| {
+            let (k, v) = item?;
+            Ok((self.decode_key(k.value())?, self.decode_value(v.value())?))
+        }))
+    }
+}
+
+/// Per-table storage figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableFigures {
+    /// The physical table name.
+    pub table: String,
+    /// Rows.
+    pub entries: u64,
+    /// Bytes of keys and values.
+    pub stored_bytes: u64,
+    /// Bytes of B-tree metadata.
+    pub metadata_bytes: u64,
+    /// Bytes lost to fragmentation.
+    pub fragmented_bytes: u64,
+}
+
+/// Whether every stored value passed its checksum.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ValueScan {
+    /// Values checked.
+    pub checked: u64,
+    /// Values that failed (table, key as lossy text, error).
+    pub damaged: Vec<(String, String, String)>,
+}
+
+fn get_meta_value<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, ReadError> {
+    match table.get(key)? {
+        Some(b) => Ok(Some(codec::decode(b.value())?)),
+        None => Ok(None),
+    }
+}
+
+impl Store {
+    /// Opens a read model for reading, checking its schema and its kill switch in the same
+    /// snapshot.
+    ///
+    /// # Errors
+    /// [`ReadError::UnknownReadModel`] when it was never registered,
+    /// [`ReadError::SchemaChanged`] when it was stored with other types.
+    pub fn read<K: ViewKey, V: ViewValue>(&self, def: &TableDef<K, V>) -> Result<ReadAnswer<K, V>, ReadError> {
+        let id = def.id();
+        let txn = self.db.begin_read()?;
+        let rm = txn.open_table(READ_MODELS)?;
+        let rec: ReadModelRecord =
+            get_meta_value(&rm, id.name)?.ok_or_else(|| ReadError::UnknownReadModel(id.name.to_string()))?;
+        if rec.fingerprint != id.fingerprint {
+            return Err(ReadError::SchemaChanged { table: id.name.to_string() });
+        }
+        if let Some(k) = rec.kill_switch {
+            return Ok(ReadAnswer::UseSourceOfTruth { read_model: id.name.to_string(), since: k.engaged_at });
+        }
+        let name = physical(id.name);
+        let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(ReadAnswer::Ready(ReadRepository { table, name: id.name.to_string(), marker: PhantomData }))
+    }
+
+    /// The rows of a read model as raw `(key, envelope)` pairs, ignoring its kill switch
+    /// (for reconciliation, verification and export).
+    ///
+    /// # Errors
+    /// [`ReadError::Storage`] when storage fails.
+    pub fn raw_rows(&self, read_model: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let name = physical(read_model);
+        let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One raw row of a read model, ignoring its kill switch.
+    ///
+    /// # Errors
+    /// [`ReadError::Storage`] when storage fails.
+    pub fn raw_row(&self, read_model: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let name = physical(read_model);
+        let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The last journal position handed out (0 when the journal is empty).
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn journal_head(&self) -> Result<u64, ReadError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(get_meta_value(&meta, META_HEAD)?.unwrap_or(0))
+    }
+
+    /// Up to `limit` journal entries from position `from` on.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails or an entry is damaged.
+    pub fn journal_range(&self, from: u64, limit: usize) -> Result<Vec<JournalEntry>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let journal = txn.open_table(JOURNAL)?;
+        let mut out = Vec::new();
+        for item in journal.range(from..)?.take(limit) {
+            let (_, v) = item?;
+            out.push(codec::decode(v.value()).map_err(|source| ReadError::Codec { table: "journal".into(), source })?);
+        }
+        Ok(out)
+    }
+
+    /// Every journal entry of one aggregate, in journal order.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails or an entry is damaged.
+    pub fn journal_for_aggregate(&self, aggregate_id: &str) -> Result<Vec<JournalEntry>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
+        let journal = txn.open_table(JOURNAL)?;
+        let mut out = Vec::new();
+        for item in by_aggregate.range((aggregate_id, 0u64)..=(aggregate_id, u64::MAX))? {
+            let (k, _) = item?;
+            let (_, position) = k.value();
+            if let Some(v) = journal.get(position)? {
+                out.push(
+                    codec::decode(v.value()).map_err(|source| ReadError::Codec { table: "journal".into(), source })?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The distinct aggregate ids in the journal, in byte order, up to `limit`.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn journal_aggregates(&self, limit: usize) -> Result<Vec<String>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
+        let mut out: Vec<String> = Vec::new();
+        let mut next: Option<String> = None;
+        while out.len() < limit {
+            let mut range = match &next {
+                Some(after) => by_aggregate.range((after.as_str(), u64::MAX)..)?,
+                None => by_aggregate.range::<(&str, u64)>(..)?,
+            };
+            let Some(item) = range.next() else { break };
+            let (k, _) = item?;
+            let (aggregate, _) = k.value();
+            if next.as_deref() == Some(aggregate) {
+                break;
+            }
+            out.push(aggregate.to_string());
+            next = Some(aggregate.to_string());
+        }
+        Ok(out)
+    }
+
+    /// The stored record of one handler.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn handler_record(&self, handler: &str) -> Result<Option<HandlerRecord>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(HANDLERS)?;
+        get_meta_value(&t, handler)
+    }
+
+    /// Every handler record, by name.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn handler_records(&self) -> Result<Vec<(String, HandlerRecord)>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(HANDLERS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), codec::decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every read-model record, by name.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn read_model_records(&self) -> Result<Vec<(String, ReadModelRecord)>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(READ_MODELS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), codec::decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The recorded offset of `(event_id, handler)`: when it was applied and the payload
+    /// hash of what was applied.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn offset(&self, event_id: &str, handler: &str) -> Result<Option<OffsetRecord>, ReadError> {
+        let Some(rec) = self.handler_record(handler)? else { return Ok(None) };
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(EVENT_INDEX)?;
+        let Some(bytes) = index.get(event_id)? else { return Ok(None) };
+        let row: IndexRow = codec::decode(bytes.value())?;
+        Ok(row.has(rec.slot).then(|| OffsetRecord {
+            applied_at: Timestamp(row.applied_at_of(rec.slot)),
+            payload_hash: row.payload_hash(),
+        }))
+    }
+
+    /// How many event ids have at least one offset.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn offset_count(&self) -> Result<u64, ReadError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(EVENT_INDEX)?.len()?)
+    }
+
+    /// Dead letters, of one handler or of all, in (handler, event id) order.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn dead_letters(&self, handler: Option<&str>) -> Result<Vec<DeadLetter>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(DEAD_LETTERS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let (h, _) = k.value();
+            if handler.is_some_and(|want| want != h) {
+                continue;
+            }
+            out.push(codec::decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// One dead letter.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn dead_letter(&self, handler: &str, event_id: &str) -> Result<Option<DeadLetter>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(DEAD_LETTERS)?;
+        match t.get((handler, event_id))? {
+            Some(v) => Ok(Some(codec::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Discards a dead letter without applying it. Returns whether it existed.
+    ///
+    /// # Errors
+    /// [`CommitError`] when the write fails.
+    pub fn discard_dead_letter(&self, handler: &str, event_id: &str) -> Result<bool, CommitError> {
+        let txn = self.begin_write()?;
+        let existed = {
+            let mut t = txn.open_table(DEAD_LETTERS).map_err(|e| self.fail(e))?;
+            let existed = t.remove((handler, event_id)).map_err(|e| self.fail(e))?.is_some();
+            if existed {
+                let mut handlers = txn.open_table(HANDLERS).map_err(|e| self.fail(e))?;
+                let rec: Option<HandlerRecord> = match handlers.get(handler).map_err(|e| self.fail(e))? {
+                    Some(b) => Some(codec::decode(b.value())?),
+                    None => None,
+                };
+                if let Some(mut rec) = rec {
+                    rec.dead_letters = rec.dead_letters.saturating_sub(1);
+                    handlers.insert(handler, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+                }
+            }
+            existed
+        };
+        self.commit(txn)?;
+        Ok(existed)
+    }
+
+    /// Engages (`Some`) or releases (`None`) the kill switch of a read model. With
+    /// `pause_projection`, the owning handler stops projecting until it is released (and
+    /// then catches up from the journal). The state is persisted.
+    ///
+    /// # Errors
+    /// [`CommitError::UnknownReadModel`]; [`CommitError::NoJournal`] when pausing without a
+    /// journal to catch up from.
+    pub fn set_kill_switch(&self, read_model: &str, switch: Option<KillSwitch>) -> Result<(), CommitError> {
+        if switch.is_some_and(|s| s.pause_projection) && !self.journal_enabled() {
+            return Err(CommitError::NoJournal);
+        }
+        let txn = self.begin_write()?;
+        {
+            let mut rm = txn.open_table(READ_MODELS).map_err(|e| self.fail(e))?;
+            let mut rec: ReadModelRecord = match rm.get(read_model).map_err(|e| self.fail(e))? {
+                Some(b) => codec::decode(b.value())?,
+                None => return Err(CommitError::UnknownReadModel(read_model.to_string())),
+            };
+            rec.kill_switch = switch;
+            rm.insert(read_model, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+            let mut handlers = txn.open_table(HANDLERS).map_err(|e| self.fail(e))?;
+            let owner: Option<HandlerRecord> = match handlers.get(rec.owner.as_str()).map_err(|e| self.fail(e))? {
+                Some(b) => Some(codec::decode(b.value())?),
+                None => None,
+            };
+            if let Some(mut h) = owner {
+                h.paused = switch.is_some_and(|s| s.pause_projection);
+                handlers.insert(rec.owner.as_str(), codec::encode(&h)?.as_slice()).map_err(|e| self.fail(e))?;
+            }
+        }
+        self.commit(txn)
+    }
+
+    /// The kill switch of a read model, if engaged.
+    ///
+    /// # Errors
+    /// [`ReadError::UnknownReadModel`].
+    pub fn kill_switch(&self, read_model: &str) -> Result<Option<KillSwitch>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let rm = txn.open_table(READ_MODELS)?;
+        let rec: ReadModelRecord =
+            get_meta_value(&rm, read_model)?.ok_or_else(|| ReadError::UnknownReadModel(read_model.to_string()))?;
+        Ok(rec.kill_switch)
+    }
+
+    /// Reads a named metadata record (leases, schedules, health), namespaced by the caller.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails or the record is damaged.
+    pub fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        get_meta_value(&meta, &format!("x/{key}"))
+    }
+
+    /// Reads, changes and writes a named metadata record in one write transaction:
+    /// `update` gets the current value and returns the new one (`None` deletes it) and a
+    /// result. Two callers never interleave, which makes it a compare-and-set.
+    ///
+    /// # Errors
+    /// [`CommitError`] when the write fails.
+    pub fn meta_update<T: Serialize + DeserializeOwned, R>(
+        &self,
+        key: &str,
+        update: impl FnOnce(Option<T>) -> (Option<T>, R),
+    ) -> Result<R, CommitError> {
+        let key = format!("x/{key}");
+        let txn = self.begin_write()?;
+        let result = {
+            let mut meta = txn.open_table(META).map_err(|e| self.fail(e))?;
+            let current: Option<T> = match meta.get(key.as_str()).map_err(|e| self.fail(e))? {
+                Some(b) => Some(codec::decode(b.value())?),
+                None => None,
+            };
+            let (next, result) = update(current);
+            match next {
+                Some(v) => meta.insert(key.as_str(), codec::encode(&v)?.as_slice()).map(drop),
+                None => meta.remove(key.as_str()).map(drop),
+            }
+            .map_err(|e| self.fail(e))?;
+            result
+        };
+        self.commit(txn)?;
+        Ok(result)
+    }
+
+    /// Writes a row of a read model behind its projector's back, with a valid envelope.
+    ///
+    /// This exists to demonstrate and test drift detection; nothing else should call it.
+    ///
+    /// # Errors
+    /// [`CommitError`] when the write fails.
+    pub fn tamper_row(&self, read_model: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), CommitError> {
+        let txn = self.begin_write()?;
+        {
+            let name = physical(read_model);
+            let mut t =
+                txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)).map_err(|e| self.fail(e))?;
+            match value {
+                Some(v) => t.insert(key, v).map(drop),
+                None => t.remove(key).map(drop),
+            }
+            .map_err(|e| self.fail(e))?;
+        }
+        self.commit(txn)
+    }
+
+    /// Storage figures of every table, for disk-cost reports.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn table_figures(&self) -> Result<Vec<TableFigures>, ReadError> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for handle in txn.list_tables()? {
+            let name = redb::TableHandle::name(&handle).to_string();
+            let figures = |stats: redb::TableStats, entries: u64| TableFigures {
+                table: name.clone(),
+                entries,
+                stored_bytes: stats.stored_bytes(),
+                metadata_bytes: stats.metadata_bytes(),
+                fragmented_bytes: stats.fragmented_bytes(),
+            };
+            let row = if name == JOURNAL.name() {
+                let t = txn.open_table(JOURNAL)?;
+                figures(t.stats()?, t.len()?)
+            } else if name == JOURNAL_BY_AGGREGATE.name() {
+                let t = txn.open_table(JOURNAL_BY_AGGREGATE)?;
+                figures(t.stats()?, t.len()?)
+            } else if name == DEAD_LETTERS.name() {
+                let t = txn.open_table(DEAD_LETTERS)?;
+                figures(t.stats()?, t.len()?)
+            } else if name.starts_with("rm.") {
+                let t = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
+                figures(t.stats()?, t.len()?)
+            } else {
+                let t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+                figures(t.stats()?, t.len()?)
+            };
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    /// Checks the envelope (version and checksum) of every stored value in every table.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn scan_values(&self) -> Result<ValueScan, ReadError> {
+        let txn = self.db.begin_read()?;
+        let mut scan = ValueScan::default();
+        let mut check = |table: &str, key: String, value: &[u8]| {
+            scan.checked += 1;
+            if let Err(e) = codec::verify(value) {
+                scan.damaged.push((table.to_string(), key, e.to_string()));
+            }
+        };
+        for handle in txn.list_tables()? {
+            let name = redb::TableHandle::name(&handle).to_string();
+            if name == JOURNAL_BY_AGGREGATE.name() {
+                continue;
+            } else if name == JOURNAL.name() {
+                for item in txn.open_table(JOURNAL)?.iter()? {
+                    let (k, v) = item?;
+                    check(&name, k.value().to_string(), v.value());
+                }
+            } else if name == DEAD_LETTERS.name() {
+                for item in txn.open_table(DEAD_LETTERS)?.iter()? {
+                    let (k, v) = item?;
+                    let (h, id) = k.value();
+                    check(&name, format!("{h}/{id}"), v.value());
+                }
+            } else if name.starts_with("rm.") {
+                for item in txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?.iter()? {
+                    let (k, v) = item?;
+                    check(&name, String::from_utf8_lossy(k.value()).into_owned(), v.value());
+                }
+            } else {
+                for item in txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?.iter()? {
+                    let (k, v) = item?;
+                    check(&name, k.value().to_string(), v.value());
+                }
+            }
+        }
+        Ok(scan)
+    }
+}

@@ -1,0 +1,220 @@
+//! Registering projectors and views with a database: handler slots, table ownership and
+//! schema fingerprints.
+
+use crate::error::{CommitError, RegisterError};
+use crate::schema::{physical, HandlerRecord, ReadModelKind, ReadModelRecord, HANDLERS, META, READ_MODELS};
+use crate::store::Store;
+use driftless_domain::{codec, Event, HandlerName, Projector, TableId, TableSlot};
+use redb::{ReadableTable, TableDefinition};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const META_NEXT_SLOT: &str = "next_handler_slot";
+
+/// A projector registered with a store: its slot and the table slots it may reach.
+pub struct RegisteredHandler<E> {
+    pub(crate) name: HandlerName,
+    pub(crate) slot: u32,
+    pub(crate) projector: Arc<dyn Projector<E>>,
+    pub(crate) tables: Vec<TableSlot>,
+}
+
+impl<E> RegisteredHandler<E> {
+    /// The handler name.
+    #[must_use]
+    pub fn name(&self) -> &HandlerName {
+        &self.name
+    }
+
+    /// The tables it owns.
+    pub fn table_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.tables.iter().map(|t| t.id.name)
+    }
+}
+
+/// The projectors and views of one engine, bound to one store.
+pub struct Registry<E> {
+    pub(crate) handlers: Vec<RegisteredHandler<E>>,
+    /// Every projected table, indexed by table slot.
+    pub(crate) tables: Vec<TableId>,
+    /// Handlers whose tables must be rebuilt before use: their schema changed, or they
+    /// were renamed and inherit tables written by another handler.
+    pub needs_rebuild: Vec<HandlerName>,
+}
+
+impl<E> std::fmt::Debug for Registry<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.handlers.iter().map(|h| h.name.as_str()).collect();
+        f.debug_struct("Registry").field("handlers", &names).field("needs_rebuild", &self.needs_rebuild).finish()
+    }
+}
+
+impl<E: Event> Registry<E> {
+    /// The registered handlers in registration order.
+    #[must_use]
+    pub fn handlers(&self) -> &[RegisteredHandler<E>] {
+        &self.handlers
+    }
+
+    /// The index of the handler named `name`.
+    #[must_use]
+    pub fn handler_index(&self, name: &str) -> Option<usize> {
+        self.handlers.iter().position(|h| h.name.as_str() == name)
+    }
+
+    /// The handler owning the table `table`.
+    #[must_use]
+    pub fn owner_of(&self, table: &str) -> Option<&RegisteredHandler<E>> {
+        self.handlers.iter().find(|h| h.tables.iter().any(|t| t.id.name == table))
+    }
+}
+
+impl Store {
+    /// Registers projectors and materialized views, assigning each handler a persistent
+    /// slot and recording each table's owner and schema fingerprint.
+    ///
+    /// # Errors
+    /// [`RegisterError`] for duplicate handler names, a table declared twice, an invalid
+    /// table name, or a storage failure.
+    pub fn register<E: Event>(
+        &self,
+        projectors: Vec<Arc<dyn Projector<E>>>,
+        views: &[(TableId, String)],
+    ) -> Result<Registry<E>, RegisterError> {
+        let mut owners: HashMap<&'static str, String> = HashMap::new();
+        let mut seen_handlers: Vec<HandlerName> = Vec::new();
+        for p in &projectors {
+            let name = p.handler_name();
+            if seen_handlers.contains(&name) {
+                return Err(RegisterError::DuplicateHandler(name));
+            }
+            for t in p.tables() {
+                claim(&mut owners, t, name.as_str())?;
+            }
+            seen_handlers.push(name);
+        }
+        for (t, view) in views {
+            claim(&mut owners, *t, view)?;
+        }
+
+        let txn = self.begin_write().map_err(commit_to_register)?;
+        let mut handlers = Vec::with_capacity(projectors.len());
+        let mut all_tables: Vec<TableId> = Vec::new();
+        let mut needs_rebuild = Vec::new();
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut handler_table = txn.open_table(HANDLERS)?;
+            let mut rm_table = txn.open_table(READ_MODELS)?;
+            let mut next_slot: u32 = match meta.get(META_NEXT_SLOT)? {
+                Some(b) => codec::decode(b.value())?,
+                None => 0,
+            };
+            for projector in projectors {
+                let name = projector.handler_name();
+                let declared = projector.tables();
+                let existing: Option<HandlerRecord> = match handler_table.get(name.as_str())? {
+                    Some(b) => Some(codec::decode(b.value())?),
+                    None => None,
+                };
+                let mut record = existing.unwrap_or_else(|| {
+                    let slot = next_slot;
+                    next_slot = next_slot.saturating_add(1);
+                    HandlerRecord {
+                        slot,
+                        seen: 0,
+                        applied: 0,
+                        last_occurred_at: None,
+                        last_applied_at: None,
+                        last_commit_lag_ms: None,
+                        dead_letters: 0,
+                        tables: Vec::new(),
+                        paused: false,
+                    }
+                });
+                let mut rebuild = false;
+                let mut slots = Vec::with_capacity(declared.len());
+                for t in &declared {
+                    let prior: Option<ReadModelRecord> = match rm_table.get(t.name)? {
+                        Some(b) => Some(codec::decode(b.value())?),
+                        None => None,
+                    };
+                    match prior {
+                        Some(p) if p.owner != name.as_str() || p.fingerprint != t.fingerprint => {
+                            tracing::warn!(table = t.name, handler = %name, "read model needs a rebuild: its owner or schema changed");
+                            rebuild = true;
+                        }
+                        Some(_) => {}
+                        None => {
+                            let rec = ReadModelRecord {
+                                owner: name.to_string(),
+                                kind: ReadModelKind::Projected,
+                                fingerprint: t.fingerprint,
+                                kill_switch: None,
+                                refreshed_at: None,
+                            };
+                            rm_table.insert(t.name, codec::encode(&rec)?.as_slice())?;
+                        }
+                    }
+                    let physical_name = physical(t.name);
+                    txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
+                    slots.push(TableSlot { id: *t, slot: all_tables.len() });
+                    all_tables.push(*t);
+                }
+                record.tables = declared.iter().map(|t| t.name.to_string()).collect();
+                handler_table.insert(name.as_str(), codec::encode(&record)?.as_slice())?;
+                if rebuild {
+                    needs_rebuild.push(name.clone());
+                }
+                handlers.push(RegisteredHandler { name, slot: record.slot, projector, tables: slots });
+            }
+            for (t, view) in views {
+                let prior: Option<ReadModelRecord> = match rm_table.get(t.name)? {
+                    Some(b) => Some(codec::decode(b.value())?),
+                    None => None,
+                };
+                let changed = prior.as_ref().is_some_and(|p| p.fingerprint != t.fingerprint || p.owner != *view);
+                let mut rec = prior.unwrap_or(ReadModelRecord {
+                    owner: view.clone(),
+                    kind: ReadModelKind::View,
+                    fingerprint: t.fingerprint,
+                    kill_switch: None,
+                    refreshed_at: None,
+                });
+                let physical_name = physical(t.name);
+                if changed {
+                    txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
+                    rec.fingerprint = t.fingerprint;
+                    rec.owner = view.clone();
+                    rec.refreshed_at = None;
+                }
+                txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
+                rm_table.insert(t.name, codec::encode(&rec)?.as_slice())?;
+            }
+            meta.insert(META_NEXT_SLOT, codec::encode(&next_slot)?.as_slice())?;
+        }
+        self.commit(txn).map_err(commit_to_register)?;
+        Ok(Registry { handlers, tables: all_tables, needs_rebuild })
+    }
+}
+
+fn claim(owners: &mut HashMap<&'static str, String>, t: TableId, owner: &str) -> Result<(), RegisterError> {
+    t.validate().map_err(|source| RegisterError::InvalidTable { name: t.name.to_string(), source })?;
+    if let Some(first) = owners.get(t.name) {
+        return Err(RegisterError::TableOwnedTwice {
+            table: t.name.to_string(),
+            first: first.clone(),
+            second: owner.to_string(),
+        });
+    }
+    owners.insert(t.name, owner.to_string());
+    Ok(())
+}
+
+fn commit_to_register(e: CommitError) -> RegisterError {
+    match e {
+        CommitError::Poisoned(p) => RegisterError::Poisoned(p),
+        CommitError::Codec(c) => RegisterError::Codec(c),
+        CommitError::Storage(s) => RegisterError::Storage(s),
+        other => RegisterError::Storage(crate::error::StorageFailure::new(other)),
+    }
+}

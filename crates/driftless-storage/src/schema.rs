@@ -1,0 +1,215 @@
+//! The tables of a driftless database and the records stored in them.
+//!
+//! Every value is a [`driftless_domain::codec`] envelope (version byte, bincode body,
+//! checksum). Keys are raw bytes or strings so that their byte order is meaningful. See
+//! `docs/FORMAT.md` for the layout byte by byte.
+
+use driftless_domain::{PayloadHash, Timestamp};
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+/// The format version this build writes. Files with a larger version are refused.
+pub const FORMAT_VERSION: u32 = 1;
+/// The magic string of the format record.
+pub const MAGIC: &str = "driftless";
+
+/// `meta`: format record, journal head, and small named records (leases, schedules).
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("driftless.meta");
+/// `handlers`: handler name -> [`HandlerRecord`].
+pub(crate) const HANDLERS: TableDefinition<&str, &[u8]> = TableDefinition::new("driftless.handlers");
+/// `read_models`: table name -> [`ReadModelRecord`].
+pub(crate) const READ_MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("driftless.read_models");
+/// `event_index` (the `projection_offset` record): event id -> [`IndexRow`].
+pub(crate) const EVENT_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("driftless.event_index");
+/// `journal`: position -> [`JournalEntry`].
+pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("driftless.journal");
+/// `journal_by_aggregate`: (aggregate id, position) -> ().
+pub(crate) const JOURNAL_BY_AGGREGATE: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("driftless.journal_by_aggregate");
+/// `dead_letters`: (handler, event id) -> [`DeadLetter`].
+pub(crate) const DEAD_LETTERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("driftless.dead_letters");
+
+/// The meta key of the format record.
+pub(crate) const META_FORMAT: &str = "format";
+/// The meta key of the journal head (the last position handed out).
+pub(crate) const META_HEAD: &str = "journal_head";
+
+/// The physical name of a read-model table.
+pub(crate) fn physical(name: &str) -> String {
+    format!("rm.{name}")
+}
+
+/// The physical name of a read model's shadow table during a rebuild.
+pub(crate) fn shadow(name: &str) -> String {
+    format!("rm.{name}.shadow")
+}
+
+/// Identifies the file as a driftless database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FormatRecord {
+    pub magic: String,
+    pub version: u32,
+}
+
+/// The exactly-once record of one event id: which handlers applied it, when, and the hash of
+/// what they applied. A row exists only while at least one handler has applied the id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct IndexRow {
+    /// The journal position of the delivery first applied (0 without a journal).
+    pub position: u64,
+    /// When the first handler applied it.
+    pub applied_at: u64,
+    /// blake3 of the applied event's stable encoding.
+    pub hash: [u8; 32],
+    /// Bit `slot` is set when the handler with that slot applied the event.
+    pub applied: Vec<u8>,
+    /// Handlers that applied it at another time than `applied_at` (catch-up, retry).
+    pub late: Vec<(u32, u64)>,
+}
+
+impl IndexRow {
+    pub(crate) fn has(&self, slot: u32) -> bool {
+        let (byte, bit) = bit_of(slot);
+        self.applied.get(byte).is_some_and(|b| b & bit != 0)
+    }
+
+    pub(crate) fn set(&mut self, slot: u32, at: u64) {
+        let (byte, bit) = bit_of(slot);
+        if self.applied.len() <= byte {
+            self.applied.resize(byte + 1, 0);
+        }
+        if let Some(b) = self.applied.get_mut(byte) {
+            *b |= bit;
+        }
+        if at != self.applied_at {
+            self.late.retain(|(s, _)| *s != slot);
+            self.late.push((slot, at));
+        }
+    }
+
+    pub(crate) fn clear(&mut self, slot: u32) {
+        let (byte, bit) = bit_of(slot);
+        if let Some(b) = self.applied.get_mut(byte) {
+            *b &= !bit;
+        }
+        self.late.retain(|(s, _)| *s != slot);
+        while self.applied.last() == Some(&0) {
+            self.applied.pop();
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.applied.iter().all(|b| *b == 0)
+    }
+
+    pub(crate) fn applied_at_of(&self, slot: u32) -> u64 {
+        self.late.iter().find(|(s, _)| *s == slot).map_or(self.applied_at, |(_, at)| *at)
+    }
+
+    pub(crate) fn payload_hash(&self) -> PayloadHash {
+        PayloadHash(self.hash)
+    }
+}
+
+fn bit_of(slot: u32) -> (usize, u8) {
+    let byte = usize::try_from(slot / 8).unwrap_or(usize::MAX);
+    (byte, 1u8 << (slot % 8))
+}
+
+/// One accepted delivery, in dispatch order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The global position (1, 2, 3, ...).
+    pub position: u64,
+    /// The event id.
+    pub event_id: String,
+    /// The aggregate id.
+    pub aggregate_id: String,
+    /// The event name.
+    pub event_name: String,
+    /// When it happened.
+    pub occurred_at: Timestamp,
+    /// When it was accepted.
+    pub accepted_at: Timestamp,
+    /// blake3 of `body`.
+    pub hash: [u8; 32],
+    /// The event's stable encoding.
+    pub body: Vec<u8>,
+}
+
+/// Progress and freshness marks of one handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerRecord {
+    /// The handler's bit in every [`IndexRow`]; never reused.
+    pub slot: u32,
+    /// The last journal position this handler has processed.
+    pub seen: u64,
+    /// How many events it has applied.
+    pub applied: u64,
+    /// Newest `occurred_at` among the events it applied.
+    pub last_occurred_at: Option<Timestamp>,
+    /// When it last applied an event.
+    pub last_applied_at: Option<Timestamp>,
+    /// The lag (applied-at minus occurred-at) of the last event it applied, in ms.
+    pub last_commit_lag_ms: Option<u64>,
+    /// How many dead letters it has.
+    pub dead_letters: u64,
+    /// The tables it owns.
+    pub tables: Vec<String>,
+    /// Whether projection is paused (by a kill switch).
+    pub paused: bool,
+}
+
+/// How a read model is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadModelKind {
+    /// Written by a projector.
+    Projected,
+    /// Written by a materialized-view refresh.
+    View,
+}
+
+/// The kill switch of a read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillSwitch {
+    /// When it was engaged.
+    pub engaged_at: Timestamp,
+    /// Whether projection into the read model is paused while engaged.
+    pub pause_projection: bool,
+}
+
+/// What the database knows of one read model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadModelRecord {
+    /// The owning handler or view.
+    pub owner: String,
+    /// How it is written.
+    pub kind: ReadModelKind,
+    /// The schema fingerprint of its key and row types.
+    pub fingerprint: [u8; 16],
+    /// Engaged kill switch, if any.
+    pub kill_switch: Option<KillSwitch>,
+    /// When a view was last refreshed.
+    pub refreshed_at: Option<Timestamp>,
+}
+
+/// An event a handler could not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The handler.
+    pub handler: String,
+    /// The event id.
+    pub event_id: String,
+    /// The error text of the last failure.
+    pub reason: String,
+    /// How many times applying it failed.
+    pub attempts: u32,
+    /// First failure.
+    pub first_failed_at: Timestamp,
+    /// Last failure.
+    pub last_failed_at: Timestamp,
+    /// Journal position of the last failed delivery (0 without a journal).
+    pub position: u64,
+    /// The event's stable encoding, so that it can be retried without the journal.
+    pub body: Vec<u8>,
+}

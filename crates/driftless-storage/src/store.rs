@@ -1,0 +1,340 @@
+//! Opening, creating and poisoning a database file.
+
+use crate::error::{CommitError, OpenError, Poisoned, StorageFailure};
+use crate::schema::{
+    FormatRecord, DEAD_LETTERS, EVENT_INDEX, FORMAT_VERSION, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, MAGIC,
+    META, META_FORMAT, READ_MODELS,
+};
+use driftless_domain::codec;
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase};
+use std::fs::{File, OpenOptions};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+/// How durable a commit is when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Synced to disk before the commit returns (the default).
+    #[default]
+    Immediate,
+    /// Not synced; made durable by the next immediate commit. For tests and throwaway data.
+    Eventual,
+}
+
+/// Options of a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Commit durability.
+    pub durability: Durability,
+    /// Whether every accepted event is kept in the journal (needed for catch-up, rebuilds
+    /// and refold reconciliation).
+    pub journal: bool,
+    /// redb's page cache size in bytes (`None`: redb's default).
+    pub cache_bytes: Option<usize>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { durability: Durability::Immediate, journal: true, cache_bytes: None }
+    }
+}
+
+/// One open driftless database file.
+///
+/// It owns the redb database and latches the first commit failure: after it, every write
+/// returns [`Poisoned`] until the store is dropped and reopened.
+pub struct Store {
+    pub(crate) db: Database,
+    pub(crate) path: PathBuf,
+    pub(crate) options: StoreOptions,
+    poison: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).field("options", &self.options).finish()
+    }
+}
+
+fn builder(options: &StoreOptions) -> redb::Builder {
+    let mut b = Database::builder();
+    if let Some(bytes) = options.cache_bytes {
+        b.set_cache_size(bytes);
+    }
+    b
+}
+
+fn map_database_error(path: &Path, e: redb::DatabaseError) -> OpenError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::LockProtocolMismatch => {
+            OpenError::InUse { path: path.to_path_buf() }
+        }
+        redb::DatabaseError::UpgradeRequired(v) => OpenError::NotDriftless {
+            path: path.to_path_buf(),
+            reason: format!("it is a redb file of the old format {v}"),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
+            OpenError::Corrupted { path: path.to_path_buf(), reason }
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
+            if source.kind() == std::io::ErrorKind::InvalidData {
+                OpenError::NotDriftless { path: path.to_path_buf(), reason: source.to_string() }
+            } else {
+                OpenError::Io { path: path.to_path_buf(), source }
+            }
+        }
+        other => OpenError::Storage(StorageFailure::new(other)),
+    }
+}
+
+/// Runs a redb call that may panic on a damaged file, turning the panic into an error.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, OpenError>) -> Result<T, OpenError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the storage engine stopped on an inconsistency".to_string());
+            Err(OpenError::Corrupted { path: path.to_path_buf(), reason })
+        }
+    }
+}
+
+impl Store {
+    /// Opens the database at `path`, creating it if there is no file there.
+    ///
+    /// A new database is created at a temporary path beside `path`, initialised, synced and
+    /// then linked into place, so a crash during creation never leaves a half-made file at
+    /// `path`. New files are readable and writable by their owner only.
+    ///
+    /// # Errors
+    /// [`OpenError::InUse`] when another process has it open, [`OpenError::NotDriftless`]
+    /// for a file that is not a driftless database, [`OpenError::NewerFormat`],
+    /// [`OpenError::Corrupted`], [`OpenError::Io`].
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                return Err(OpenError::NotDriftless { path, reason: "it is a directory".into() })
+            }
+            Ok(meta) if meta.len() == 0 => {
+                return Err(OpenError::NotDriftless { path, reason: "the file is empty".into() })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(&path, &options)?,
+            Err(source) => return Err(OpenError::Io { path, source }),
+        }
+        let db = guarded(&path, || builder(&options).open(&path).map_err(|e| map_database_error(&path, e)))?;
+        Self::finish_open(db, path, options)
+    }
+
+    /// Opens (or creates, if empty) a database on a custom redb storage backend, such as a
+    /// fault-injecting one in tests.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        options: StoreOptions,
+    ) -> Result<Self, OpenError> {
+        let path = PathBuf::from("<backend>");
+        let db = guarded(&path, || {
+            builder(&options).create_with_backend(backend).map_err(|e| map_database_error(&path, e))
+        })?;
+        let fresh = guarded(&path, || {
+            let txn = db.begin_read()?;
+            Ok(match txn.open_table(META) {
+                Ok(_) => false,
+                Err(redb::TableError::TableDoesNotExist(_)) => true,
+                Err(e) => return Err(e.into()),
+            })
+        })?;
+        if fresh {
+            initialise(&db, &path)?;
+        }
+        Self::finish_open(db, path, options)
+    }
+
+    fn finish_open(db: Database, path: PathBuf, options: StoreOptions) -> Result<Self, OpenError> {
+        guarded(&path, || check_format(&db, &path))?;
+        Ok(Self { db, path, options, poison: Mutex::new(None) })
+    }
+
+    /// The database file's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options it was opened with.
+    #[must_use]
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// Whether the journal is kept.
+    #[must_use]
+    pub fn journal_enabled(&self) -> bool {
+        self.options.journal
+    }
+
+    /// The first commit failure, if the store is poisoned.
+    #[must_use]
+    pub fn poisoned(&self) -> Option<Poisoned> {
+        self.poison.lock().as_ref().map(|f| Poisoned { first_failure: f.clone() })
+    }
+
+    pub(crate) fn check_poison(&self) -> Result<(), Poisoned> {
+        match self.poisoned() {
+            Some(p) => Err(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Latches `failure` as the reason every later write is refused.
+    pub fn poison(&self, failure: impl Into<String>) {
+        let mut guard = self.poison.lock();
+        if guard.is_none() {
+            let failure = failure.into();
+            tracing::error!(%failure, "the database is poisoned: writes are refused until it is reopened");
+            *guard = Some(failure);
+        }
+    }
+
+    /// Begins a write transaction with the store's durability, refusing if poisoned.
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, CommitError> {
+        self.check_poison()?;
+        let mut txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let durability = match self.options.durability {
+            Durability::Immediate => redb::Durability::Immediate,
+            Durability::Eventual => redb::Durability::None,
+        };
+        txn.set_durability(durability).map_err(|e| self.fail(e))?;
+        Ok(txn)
+    }
+
+    /// Commits, poisoning the store if the commit fails.
+    pub(crate) fn commit(&self, txn: redb::WriteTransaction) -> Result<(), CommitError> {
+        txn.commit().map_err(|e| self.fail(e))
+    }
+
+    /// Turns a storage failure inside a write into a [`CommitError`], poisoning the store.
+    pub(crate) fn fail(&self, e: impl std::error::Error + Send + Sync + 'static) -> CommitError {
+        let failure = StorageFailure::new(e);
+        self.poison(failure.message());
+        CommitError::Storage(failure)
+    }
+
+    /// Runs redb's integrity check (every page checksum, the allocator state).
+    ///
+    /// # Errors
+    /// [`CommitError::Storage`] when the check cannot run.
+    pub fn check_integrity(&mut self) -> Result<bool, CommitError> {
+        self.check_poison()?;
+        let db = &mut self.db;
+        match catch_unwind(AssertUnwindSafe(|| db.check_integrity())) {
+            Ok(Ok(clean)) => Ok(clean),
+            Ok(Err(e)) => Err(CommitError::Storage(StorageFailure::new(e))),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+fn create_new(path: &Path, options: &StoreOptions) -> Result<(), OpenError> {
+    let io = |source| OpenError::Io { path: path.to_path_buf(), source };
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.creating-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let file = owner_only(OpenOptions::new().read(true).write(true).create_new(true)).open(&tmp).map_err(io)?;
+    let result = (|| {
+        let backend = redb::backends::FileBackend::new(file).map_err(|e| map_database_error(path, e))?;
+        let db = builder(options).create_with_backend(backend).map_err(|e| map_database_error(path, e))?;
+        initialise(&db, path)?;
+        drop(db);
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        // A hard link never replaces an existing file: if another process created the
+        // database first, its file wins and ours is discarded.
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+        sync_parent(path).map_err(io)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+#[cfg(unix)]
+fn owner_only(o: &mut OpenOptions) -> &mut OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    o.mode(0o600)
+}
+
+#[cfg(not(unix))]
+fn owner_only(o: &mut OpenOptions) -> &mut OpenOptions {
+    o
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn initialise(db: &Database, path: &Path) -> Result<(), OpenError> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let record = FormatRecord { magic: MAGIC.into(), version: FORMAT_VERSION };
+        let bytes = codec::encode(&record)
+            .map_err(|e| OpenError::Corrupted { path: path.to_path_buf(), reason: e.to_string() })?;
+        meta.insert(META_FORMAT, bytes.as_slice())?;
+        txn.open_table(HANDLERS)?;
+        txn.open_table(READ_MODELS)?;
+        txn.open_table(EVENT_INDEX)?;
+        txn.open_table(JOURNAL)?;
+        txn.open_table(JOURNAL_BY_AGGREGATE)?;
+        txn.open_table(DEAD_LETTERS)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn check_format(db: &Database, path: &Path) -> Result<(), OpenError> {
+    let not_ours = |reason: &str| OpenError::NotDriftless { path: path.to_path_buf(), reason: reason.into() };
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            return Err(not_ours("it is a redb database without driftless metadata"))
+        }
+        Err(redb::TableError::TableTypeMismatch { .. }) => {
+            return Err(not_ours("its metadata table has another type"))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(bytes) = meta.get(META_FORMAT)? else {
+        return Err(not_ours("its metadata has no format record"));
+    };
+    let record: FormatRecord = codec::decode(bytes.value())
+        .map_err(|e| OpenError::Corrupted { path: path.to_path_buf(), reason: format!("format record: {e}") })?;
+    if record.magic != MAGIC {
+        return Err(not_ours("its format record has another magic string"));
+    }
+    if record.version > FORMAT_VERSION {
+        return Err(OpenError::NewerFormat { path: path.to_path_buf(), found: record.version, supported: FORMAT_VERSION });
+    }
+    Ok(())
+}
