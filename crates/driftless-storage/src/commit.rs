@@ -9,8 +9,8 @@ use crate::schema::{
 };
 use crate::store::Store;
 use driftless_domain::{
-    codec, ApplyError, CommittedRows, Event, EventId, PayloadHash, PreparedEvent, ProjectionContext, Timestamp,
-    ViewError, WriteSet,
+    codec, ApplyError, CommittedRows, Event, EventId, PayloadHash, PreparedEvent, ProjectionContext,
+    Timestamp, ViewError, WriteSet,
 };
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
@@ -111,10 +111,10 @@ impl CommittedRows for Committed<'_, '_> {
         let Some(Some(table)) = self.tables.get(slot) else {
             return Ok(None);
         };
-        table.get(key).map(|g| g.map(|v| v.value().to_vec())).map_err(|e| ViewError::Storage {
-            table: format!("table slot {slot}"),
-            source: Box::new(e),
-        })
+        table
+            .get(key)
+            .map(|g| g.map(|v| v.value().to_vec()))
+            .map_err(|e| ViewError::Storage { table: format!("table slot {slot}"), source: Box::new(e) })
     }
 }
 
@@ -142,7 +142,9 @@ struct Batch<'t, 'r, E> {
     scratch: Vec<u8>,
 }
 
-fn decode_opt<T: serde::de::DeserializeOwned>(bytes: Option<redb::AccessGuard<'_, &[u8]>>) -> Result<Option<T>, CommitError> {
+fn decode_opt<T: serde::de::DeserializeOwned>(
+    bytes: Option<redb::AccessGuard<'_, &[u8]>>,
+) -> Result<Option<T>, CommitError> {
     Ok(match bytes {
         Some(b) => Some(codec::decode(b.value())?),
         None => None,
@@ -165,7 +167,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         let index = txn.open_table(EVENT_INDEX).map_err(f)?;
         let dead = txn.open_table(DEAD_LETTERS).map_err(f)?;
         let (journal, by_aggregate) = if store.journal_enabled() {
-            (Some(txn.open_table(JOURNAL).map_err(f)?), Some(txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?))
+            (
+                Some(txn.open_table(JOURNAL).map_err(f)?),
+                Some(txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?),
+            )
         } else {
             (None, None)
         };
@@ -238,9 +243,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 });
             }
         }
-        let needed = self.subset.iter().any(|&i| {
-            self.reg.handlers.get(i).is_some_and(|h| !row.as_ref().is_some_and(|r| r.has(h.slot)))
-        });
+        let needed = self
+            .subset
+            .iter()
+            .any(|&i| self.reg.handlers.get(i).is_some_and(|h| !row.as_ref().is_some_and(|r| r.has(h.slot))));
         let position = match self.mode {
             Mode::Live if self.journal.is_some() && (row.is_none() || needed) => {
                 self.head += 1;
@@ -318,13 +324,17 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                         if handled {
                             let occurred = ev.event.occurred_at();
                             rec.applied += 1;
-                            rec.last_occurred_at = Some(rec.last_occurred_at.map_or(occurred, |o| o.max(occurred)));
+                            rec.last_occurred_at =
+                                Some(rec.last_occurred_at.map_or(occurred, |o| o.max(occurred)));
                             rec.last_applied_at = Some(self.now);
                             rec.last_commit_lag_ms = Some(self.now.millis_since(occurred));
                         }
                     }
                     self.clear_dead_letter(k, i, id)?;
-                    outcomes.push((i, if handled { HandlerOutcome::Applied } else { HandlerOutcome::NotHandled }));
+                    outcomes.push((
+                        i,
+                        if handled { HandlerOutcome::Applied } else { HandlerOutcome::NotHandled },
+                    ));
                 }
                 Err(reason) => {
                     self.ws.discard_pending();
@@ -341,7 +351,12 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 rec.seen = rec.seen.max(known_position);
             }
         }
-        Ok(EventReport { event_id: ev.id.clone(), position, outcome: summarize(&outcomes), handlers: outcomes })
+        Ok(EventReport {
+            event_id: ev.id.clone(),
+            position,
+            outcome: summarize(&outcomes),
+            handlers: outcomes,
+        })
     }
 
     fn append_journal(&mut self, ev: &PreparedEvent<E>, position: u64) -> Result<(), CommitError> {
@@ -554,7 +569,8 @@ impl Store {
         now: Timestamp,
     ) -> Result<BatchReport, CommitError> {
         let txn = self.begin_write()?;
-        let mut batch = Batch::open(self, &txn, reg, (0..reg.handlers.len()).collect(), Mode::Live, now, false)?;
+        let mut batch =
+            Batch::open(self, &txn, reg, (0..reg.handlers.len()).collect(), Mode::Live, now, false)?;
         let mut reports = Vec::with_capacity(events.len());
         for ev in events {
             reports.push(batch.process(ev, 0)?);
@@ -569,8 +585,11 @@ impl Store {
     /// # Errors
     /// [`CommitError`] when its record cannot be read.
     pub fn behind<E: Event>(&self, reg: &Registry<E>, handler: usize) -> Result<bool, CommitError> {
-        let h = reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
-        let rec = self.handler_record(h.name.as_str())?.ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
+        let h =
+            reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+        let rec = self
+            .handler_record(h.name.as_str())?
+            .ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
         Ok(rec.seen < self.journal_head()?)
     }
 
@@ -587,9 +606,13 @@ impl Store {
     ) -> Result<ReplayReport, CommitError> {
         let mut report = ReplayReport::default();
         loop {
-            let h = reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
-            let rec =
-                self.handler_record(h.name.as_str())?.ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
+            let h = reg
+                .handlers
+                .get(handler)
+                .ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+            let rec = self
+                .handler_record(h.name.as_str())?
+                .ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
             if rec.paused {
                 return Ok(report);
             }
@@ -623,7 +646,8 @@ impl Store {
         event_id: &str,
         now: Timestamp,
     ) -> Result<Option<EventReport>, CommitError> {
-        let h = reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+        let h =
+            reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
         let Some(letter) = self.dead_letter(h.name.as_str(), event_id)? else { return Ok(None) };
         let ev = PreparedEvent::<E>::from_encoded(letter.body)?;
         let txn = self.begin_write()?;
@@ -651,7 +675,8 @@ impl Store {
         if !self.journal_enabled() {
             return Err(CommitError::NoJournal);
         }
-        let h = reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+        let h =
+            reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
         let name = h.name.as_str();
         let head = self.journal_head()?;
         let txn = self.begin_write()?;
@@ -664,7 +689,10 @@ impl Store {
                 let mut chunk: Vec<(String, IndexRow)> = Vec::new();
                 {
                     let range = match &after {
-                        Some(a) => index.range::<&str>((std::ops::Bound::Excluded(a.as_str()), std::ops::Bound::Unbounded)),
+                        Some(a) => index.range::<&str>((
+                            std::ops::Bound::Excluded(a.as_str()),
+                            std::ops::Bound::Unbounded,
+                        )),
                         None => index.range::<&str>(..),
                     }
                     .map_err(|e| self.fail(e))?;
@@ -682,7 +710,9 @@ impl Store {
                         if row.is_empty() {
                             index.remove(k.as_str()).map_err(|e| self.fail(e))?;
                         } else {
-                            index.insert(k.as_str(), codec::encode(&row)?.as_slice()).map_err(|e| self.fail(e))?;
+                            index
+                                .insert(k.as_str(), codec::encode(&row)?.as_slice())
+                                .map_err(|e| self.fail(e))?;
                         }
                     }
                 }
@@ -760,7 +790,8 @@ impl Store {
                     TableDefinition::<&[u8], &[u8]>::new(&live),
                 )
                 .map_err(f)?;
-                let prior: Option<ReadModelRecord> = decode_opt(rm.get(t.id.name).map_err(|e| self.fail(e))?)?;
+                let prior: Option<ReadModelRecord> =
+                    decode_opt(rm.get(t.id.name).map_err(|e| self.fail(e))?)?;
                 let rec = ReadModelRecord {
                     owner: name.to_string(),
                     kind: crate::schema::ReadModelKind::Projected,
@@ -772,7 +803,12 @@ impl Store {
             }
         }
         self.commit(txn)?;
-        tracing::info!(handler = name, replayed = report.replayed, applied = report.applied, "rebuild committed");
+        tracing::info!(
+            handler = name,
+            replayed = report.replayed,
+            applied = report.applied,
+            "rebuild committed"
+        );
         Ok(report)
     }
 
@@ -782,7 +818,12 @@ impl Store {
     /// # Errors
     /// [`CommitError::UnknownReadModel`] when `view` is not a registered view; otherwise
     /// as [`Store::project`].
-    pub fn replace_view(&self, view: &str, rows: &[(Vec<u8>, Vec<u8>)], now: Timestamp) -> Result<(), CommitError> {
+    pub fn replace_view(
+        &self,
+        view: &str,
+        rows: &[(Vec<u8>, Vec<u8>)],
+        now: Timestamp,
+    ) -> Result<(), CommitError> {
         let txn = self.begin_write()?;
         let f = |e: redb::TableError| self.fail(e);
         {

@@ -7,7 +7,9 @@ use crate::schema::{
 };
 use crate::store::Store;
 use driftless_domain::{codec, OffsetRecord, TableDef, Timestamp, ViewKey, ViewValue};
-use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+use redb::{
+    ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
@@ -175,7 +177,10 @@ impl Store {
     /// # Errors
     /// [`ReadError::UnknownReadModel`] when it was never registered,
     /// [`ReadError::SchemaChanged`] when it was stored with other types.
-    pub fn read<K: ViewKey, V: ViewValue>(&self, def: &TableDef<K, V>) -> Result<ReadAnswer<K, V>, ReadError> {
+    pub fn read<K: ViewKey, V: ViewValue>(
+        &self,
+        def: &TableDef<K, V>,
+    ) -> Result<ReadAnswer<K, V>, ReadError> {
         let id = def.id();
         let txn = self.db.begin_read()?;
         let rm = txn.open_table(READ_MODELS)?;
@@ -252,7 +257,10 @@ impl Store {
         let mut out = Vec::new();
         for item in journal.range(from..)?.take(limit) {
             let (_, v) = item?;
-            out.push(codec::decode(v.value()).map_err(|source| ReadError::Codec { table: "journal".into(), source })?);
+            out.push(
+                codec::decode(v.value())
+                    .map_err(|source| ReadError::Codec { table: "journal".into(), source })?,
+            );
         }
         Ok(out)
     }
@@ -271,7 +279,8 @@ impl Store {
             let (_, position) = k.value();
             if let Some(v) = journal.get(position)? {
                 out.push(
-                    codec::decode(v.value()).map_err(|source| ReadError::Codec { table: "journal".into(), source })?,
+                    codec::decode(v.value())
+                        .map_err(|source| ReadError::Codec { table: "journal".into(), source })?,
                 );
             }
         }
@@ -449,13 +458,16 @@ impl Store {
             rec.kill_switch = switch;
             rm.insert(read_model, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
             let mut handlers = txn.open_table(HANDLERS).map_err(|e| self.fail(e))?;
-            let owner: Option<HandlerRecord> = match handlers.get(rec.owner.as_str()).map_err(|e| self.fail(e))? {
-                Some(b) => Some(codec::decode(b.value())?),
-                None => None,
-            };
+            let owner: Option<HandlerRecord> =
+                match handlers.get(rec.owner.as_str()).map_err(|e| self.fail(e))? {
+                    Some(b) => Some(codec::decode(b.value())?),
+                    None => None,
+                };
             if let Some(mut h) = owner {
                 h.paused = switch.is_some_and(|s| s.pause_projection);
-                handlers.insert(rec.owner.as_str(), codec::encode(&h)?.as_slice()).map_err(|e| self.fail(e))?;
+                handlers
+                    .insert(rec.owner.as_str(), codec::encode(&h)?.as_slice())
+                    .map_err(|e| self.fail(e))?;
             }
         }
         self.commit(txn)
@@ -468,8 +480,8 @@ impl Store {
     pub fn kill_switch(&self, read_model: &str) -> Result<Option<KillSwitch>, ReadError> {
         let txn = self.db.begin_read()?;
         let rm = txn.open_table(READ_MODELS)?;
-        let rec: ReadModelRecord =
-            get_meta_value(&rm, read_model)?.ok_or_else(|| ReadError::UnknownReadModel(read_model.to_string()))?;
+        let rec: ReadModelRecord = get_meta_value(&rm, read_model)?
+            .ok_or_else(|| ReadError::UnknownReadModel(read_model.to_string()))?;
         Ok(rec.kill_switch)
     }
 

@@ -45,7 +45,10 @@ pub struct Registry<E> {
 impl<E> std::fmt::Debug for Registry<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.handlers.iter().map(|h| h.name.as_str()).collect();
-        f.debug_struct("Registry").field("handlers", &names).field("needs_rebuild", &self.needs_rebuild).finish()
+        f.debug_struct("Registry")
+            .field("handlers", &names)
+            .field("needs_rebuild", &self.needs_rebuild)
+            .finish()
     }
 }
 
@@ -172,7 +175,8 @@ impl Store {
                     Some(b) => Some(codec::decode(b.value())?),
                     None => None,
                 };
-                let changed = prior.as_ref().is_some_and(|p| p.fingerprint != t.fingerprint || p.owner != *view);
+                let changed =
+                    prior.as_ref().is_some_and(|p| p.fingerprint != t.fingerprint || p.owner != *view);
                 let mut rec = prior.unwrap_or(ReadModelRecord {
                     owner: view.clone(),
                     kind: ReadModelKind::View,

@@ -27,7 +27,8 @@ pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("dr
 pub(crate) const JOURNAL_BY_AGGREGATE: TableDefinition<(&str, u64), ()> =
     TableDefinition::new("driftless.journal_by_aggregate");
 /// `dead_letters`: (handler, event id) -> [`DeadLetter`].
-pub(crate) const DEAD_LETTERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("driftless.dead_letters");
+pub(crate) const DEAD_LETTERS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("driftless.dead_letters");
 
 /// The meta key of the format record.
 pub(crate) const META_FORMAT: &str = "format";

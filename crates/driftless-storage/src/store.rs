@@ -248,7 +248,8 @@ fn create_new(path: &Path, options: &StoreOptions) -> Result<(), OpenError> {
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.creating-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let file = owner_only(OpenOptions::new().read(true).write(true).create_new(true)).open(&tmp).map_err(io)?;
+    let file =
+        owner_only(OpenOptions::new().read(true).write(true).create_new(true)).open(&tmp).map_err(io)?;
     let result = (|| {
         let backend = redb::backends::FileBackend::new(file).map_err(|e| map_database_error(path, e))?;
         let db = builder(options).create_with_backend(backend).map_err(|e| map_database_error(path, e))?;
@@ -328,13 +329,19 @@ fn check_format(db: &Database, path: &Path) -> Result<(), OpenError> {
     let Some(bytes) = meta.get(META_FORMAT)? else {
         return Err(not_ours("its metadata has no format record"));
     };
-    let record: FormatRecord = codec::decode(bytes.value())
-        .map_err(|e| OpenError::Corrupted { path: path.to_path_buf(), reason: format!("format record: {e}") })?;
+    let record: FormatRecord = codec::decode(bytes.value()).map_err(|e| OpenError::Corrupted {
+        path: path.to_path_buf(),
+        reason: format!("format record: {e}"),
+    })?;
     if record.magic != MAGIC {
         return Err(not_ours("its format record has another magic string"));
     }
     if record.version > FORMAT_VERSION {
-        return Err(OpenError::NewerFormat { path: path.to_path_buf(), found: record.version, supported: FORMAT_VERSION });
+        return Err(OpenError::NewerFormat {
+            path: path.to_path_buf(),
+            found: record.version,
+            supported: FORMAT_VERSION,
+        });
     }
     Ok(())
 }

@@ -1,0 +1,901 @@
+//! The engine: builder, dispatch pipeline, writer thread, reads and operations.
+
+use crate::error::{BuildError, DispatchError, EngineError, NotCommitted};
+use crate::view::{MaterializedView, ViewSource};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use driftless_domain::{
+    Clock, Event, PreparedEvent, Projector, SystemClock, TableDef, Timestamp, ViewKey, ViewValue,
+};
+use driftless_storage::{
+    DeadLetter, Durability, EventOutcome, EventReport, KillSwitch, ReadAnswer, ReadModelKind, Registry,
+    ReplayReport, Store, StoreOptions,
+};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What `dispatch` does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Wait for room (backpressure).
+    #[default]
+    Block,
+    /// Return [`DispatchError::QueueFull`] at once.
+    Fail,
+}
+
+/// Settings of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Most messages waiting for the writer (each holds at most `max_batch_events` events).
+    pub queue_capacity: usize,
+    /// Most events in one commit.
+    pub max_batch_events: usize,
+    /// How long the writer waits for more events before committing a batch that is not
+    /// full. Zero commits whatever is queued at once; concurrent producers still share
+    /// commits, because events queue up while a commit syncs.
+    pub max_batch_wait: Duration,
+    /// What a full queue does to `dispatch`.
+    pub when_full: WhenFull,
+    /// Commit durability.
+    pub durability: Durability,
+    /// Whether to keep the journal (catch-up, rebuilds and refold reconciliation need it).
+    pub journal: bool,
+    /// Whether an engaged kill switch also pauses projection into the read model.
+    pub kill_switch_pauses_projection: bool,
+    /// How often the view thread refreshes every materialized view (`None`: on demand only).
+    pub view_refresh_interval: Option<Duration>,
+    /// redb page-cache size in bytes (`None`: redb's default).
+    pub cache_bytes: Option<usize>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 1024,
+            max_batch_events: 1000,
+            max_batch_wait: Duration::ZERO,
+            when_full: WhenFull::Block,
+            durability: Durability::Immediate,
+            journal: true,
+            kill_switch_pauses_projection: false,
+            view_refresh_interval: None,
+            cache_bytes: None,
+        }
+    }
+}
+
+/// Builds an [`Engine`]: a database path, projectors, views and settings.
+#[must_use = "a builder does nothing until `open` is called"]
+pub struct EngineBuilder<E: Event> {
+    path: PathBuf,
+    projectors: Vec<Arc<dyn Projector<E>>>,
+    views: Vec<Arc<dyn MaterializedView>>,
+    options: EngineOptions,
+    clock: Arc<dyn Clock>,
+}
+
+impl<E: Event> EngineBuilder<E> {
+    /// A builder for the database at `path` (created if missing).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            projectors: Vec::new(),
+            views: Vec::new(),
+            options: EngineOptions::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Adds a projector.
+    pub fn projector(mut self, projector: impl Projector<E>) -> Self {
+        self.projectors.push(Arc::new(projector));
+        self
+    }
+
+    /// Adds a shared projector.
+    pub fn projector_arc(mut self, projector: Arc<dyn Projector<E>>) -> Self {
+        self.projectors.push(projector);
+        self
+    }
+
+    /// Adds a materialized view.
+    pub fn view(mut self, view: impl MaterializedView) -> Self {
+        self.views.push(Arc::new(view));
+        self
+    }
+
+    /// Replaces all settings.
+    pub fn options(mut self, options: EngineOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets commit durability.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.options.durability = durability;
+        self
+    }
+
+    /// Sets the most events per commit.
+    pub fn max_batch_events(mut self, n: usize) -> Self {
+        self.options.max_batch_events = n;
+        self
+    }
+
+    /// Sets the queue capacity and what a full queue does.
+    pub fn queue(mut self, capacity: usize, when_full: WhenFull) -> Self {
+        self.options.queue_capacity = capacity;
+        self.options.when_full = when_full;
+        self
+    }
+
+    /// Turns the journal on or off.
+    pub fn journal(mut self, keep: bool) -> Self {
+        self.options.journal = keep;
+        self
+    }
+
+    /// Injects the clock used for applied-at times and freshness.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Opens the database, registers projectors and views, and starts the writer thread
+    /// (and the view thread, if a refresh interval is set). Handlers whose read models
+    /// changed schema are rebuilt, and handlers behind the journal catch up, on the writer
+    /// thread before it takes new events; until then they are not reported fresh.
+    ///
+    /// # Errors
+    /// [`BuildError`] when the database cannot be opened, a setting is out of range, or the
+    /// projectors cannot be registered.
+    pub fn open(self) -> Result<Engine<E>, BuildError> {
+        let o = &self.options;
+        if o.queue_capacity == 0 {
+            return Err(BuildError::InvalidSetting {
+                setting: "queue_capacity",
+                reason: "it must be at least 1",
+            });
+        }
+        if o.max_batch_events == 0 {
+            return Err(BuildError::InvalidSetting {
+                setting: "max_batch_events",
+                reason: "it must be at least 1",
+            });
+        }
+        if o.view_refresh_interval.is_some_and(|d| d.is_zero()) {
+            return Err(BuildError::InvalidSetting {
+                setting: "view_refresh_interval",
+                reason: "it must be longer than zero",
+            });
+        }
+        let store = Store::open(
+            &self.path,
+            StoreOptions { durability: o.durability, journal: o.journal, cache_bytes: o.cache_bytes },
+        )?;
+        let views: Vec<(driftless_domain::TableId, String)> =
+            self.views.iter().map(|v| (v.table(), v.table().name.to_string())).collect();
+        let registry = store.register(self.projectors, &views)?;
+        if !o.journal {
+            if let Some(h) = registry.needs_rebuild.first() {
+                return Err(BuildError::CannotRebuild { handler: h.to_string() });
+            }
+        }
+        let shared = Arc::new(Shared {
+            store: Arc::new(store),
+            registry,
+            clock: self.clock,
+            options: self.options,
+            views: self.views,
+        });
+        let (tx, rx) = bounded::<Msg<E>>(shared.options.queue_capacity);
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("driftless-writer".into())
+            .spawn(move || writer_loop(&writer_shared, &rx))
+            .map_err(|source| BuildError::Thread { name: "driftless-writer", source })?;
+        let refresher = match shared.options.view_refresh_interval {
+            Some(every) if !shared.views.is_empty() => {
+                let (stop_tx, stop_rx) = bounded::<()>(1);
+                let s = Arc::clone(&shared);
+                let handle = std::thread::Builder::new()
+                    .name("driftless-views".into())
+                    .spawn(move || loop {
+                        match stop_rx.recv_timeout(every) {
+                            Err(RecvTimeoutError::Timeout) => {
+                                for v in &s.views {
+                                    if let Err(e) = s.refresh(v.as_ref()) {
+                                        tracing::warn!(error = %e, "scheduled view refresh failed");
+                                    }
+                                }
+                            }
+                            _ => break,
+                        }
+                    })
+                    .map_err(|source| BuildError::Thread { name: "driftless-views", source })?;
+                Some((stop_tx, handle))
+            }
+            _ => None,
+        };
+        Ok(Engine { shared, tx: Some(tx), writer: Some(writer), refresher })
+    }
+}
+
+struct Shared<E: Event> {
+    store: Arc<Store>,
+    registry: Registry<E>,
+    clock: Arc<dyn Clock>,
+    options: EngineOptions,
+    views: Vec<Arc<dyn MaterializedView>>,
+}
+
+impl<E: Event> Shared<E> {
+    fn refresh(&self, view: &dyn MaterializedView) -> Result<(), EngineError> {
+        let name = view.table().name.to_string();
+        let rows = view
+            .refresh(&ViewSource { store: &self.store })
+            .map_err(|reason| EngineError::Refresh { view: name.clone(), reason })?;
+        self.store.replace_view(&name, &rows, self.clock.now())?;
+        metrics::counter!("driftless_view_refreshes_total", "view" => name).increment(1);
+        Ok(())
+    }
+}
+
+type Reply<T> = Sender<T>;
+
+enum Command {
+    Rebuild(usize),
+    Retry { handler: usize, event_id: String },
+    KillSwitch { read_model: String, engage: bool },
+}
+
+enum CommandOutput {
+    Rebuilt(ReplayReport),
+    Retried(Option<EventReport>),
+    Done,
+}
+
+enum Msg<E> {
+    Events { events: Vec<PreparedEvent<E>>, reply: Reply<Result<Vec<EventReport>, NotCommitted>> },
+    Flush(Reply<()>),
+    Command(Command, Reply<Result<CommandOutput, EngineError>>),
+}
+
+/// A pending dispatch: wait on it for read-your-writes.
+#[derive(Debug)]
+#[must_use = "a receipt says whether the event was applied; wait on it or drop it knowingly"]
+pub struct Receipt {
+    rx: Receiver<Result<Vec<EventReport>, NotCommitted>>,
+}
+
+impl Receipt {
+    /// Waits until the event is committed (or known not to be) and says what happened.
+    ///
+    /// # Errors
+    /// [`NotCommitted`] when the commit failed or the engine stopped first.
+    pub fn wait(self) -> Result<EventReport, NotCommitted> {
+        let mut reports = self.rx.recv().map_err(|_| NotCommitted::EngineStopped)??;
+        reports.pop().ok_or(NotCommitted::EngineStopped)
+    }
+
+    /// As [`Receipt::wait`], giving up after `timeout` (returning the receipt to wait again).
+    ///
+    /// # Errors
+    /// `Err(Ok(receipt))` on time-out; `Err(Err(NotCommitted))` as for `wait`.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<EventReport, Result<Receipt, NotCommitted>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(Ok(mut reports)) => reports.pop().ok_or(Err(NotCommitted::EngineStopped)),
+            Ok(Err(e)) => Err(Err(e)),
+            Err(RecvTimeoutError::Timeout) => Err(Ok(self)),
+            Err(RecvTimeoutError::Disconnected) => Err(Err(NotCommitted::EngineStopped)),
+        }
+    }
+}
+
+/// A pending batch dispatch.
+#[derive(Debug)]
+#[must_use = "a receipt says whether the events were applied; wait on it or drop it knowingly"]
+pub struct BatchReceipt {
+    parts: Vec<Receiver<Result<Vec<EventReport>, NotCommitted>>>,
+}
+
+impl BatchReceipt {
+    /// Waits for every event of the batch; reports are in dispatch order.
+    ///
+    /// # Errors
+    /// [`NotCommitted`] when any part failed to commit or the engine stopped first (other
+    /// parts may have committed: their effects stand and re-delivery is safe).
+    pub fn wait(self) -> Result<Vec<EventReport>, NotCommitted> {
+        let mut out = Vec::new();
+        for rx in self.parts {
+            out.extend(rx.recv().map_err(|_| NotCommitted::EngineStopped)??);
+        }
+        Ok(out)
+    }
+}
+
+/// Freshness of one read model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Freshness {
+    /// The read model.
+    pub read_model: String,
+    /// Its owning handler or view.
+    pub owner: String,
+    /// Seconds between now and the newest applied event's `occurred_at` (for a view: since
+    /// its last refresh); `None` before the first.
+    pub seconds: Option<f64>,
+    /// Applied-at minus occurred-at of the newest applied event, in milliseconds.
+    pub commit_lag_ms: Option<u64>,
+    /// Whether the owner has processed every journal entry (always true for a view).
+    pub caught_up: bool,
+    /// Events applied.
+    pub applied: u64,
+    /// Dead letters waiting.
+    pub dead_letters: u64,
+    /// Whether its kill switch is engaged.
+    pub switched_off: bool,
+}
+
+impl Freshness {
+    /// The value of an `X-Data-Freshness-Seconds` header: whole seconds, rounded up; `None`
+    /// when unknown or while the read model is not caught up.
+    #[must_use]
+    pub fn header_value(&self) -> Option<String> {
+        if !self.caught_up {
+            return None;
+        }
+        self.seconds.map(|s| format!("{}", s.max(0.0).ceil() as u64))
+    }
+}
+
+/// The engine an application embeds. See the crate documentation for an example.
+pub struct Engine<E: Event> {
+    shared: Arc<Shared<E>>,
+    tx: Option<Sender<Msg<E>>>,
+    writer: Option<JoinHandle<()>>,
+    refresher: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl<E: Event> std::fmt::Debug for Engine<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.shared.store)
+            .field("registry", &self.shared.registry)
+            .finish()
+    }
+}
+
+impl<E: Event> Engine<E> {
+    /// A builder for the database at `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> EngineBuilder<E> {
+        EngineBuilder::new(path)
+    }
+
+    fn sender(&self) -> Result<&Sender<Msg<E>>, DispatchError> {
+        if let Some(p) = self.shared.store.poisoned() {
+            return Err(DispatchError::Poisoned(p.first_failure));
+        }
+        self.tx.as_ref().ok_or(DispatchError::ShutDown)
+    }
+
+    fn send(&self, msg: Msg<E>) -> Result<(), DispatchError> {
+        let tx = self.sender()?;
+        match self.shared.options.when_full {
+            WhenFull::Block => tx.send(msg).map_err(|_| DispatchError::ShutDown),
+            WhenFull::Fail => tx.try_send(msg).map_err(|e| match e {
+                TrySendError::Full(_) => {
+                    DispatchError::QueueFull { capacity: self.shared.options.queue_capacity }
+                }
+                TrySendError::Disconnected(_) => DispatchError::ShutDown,
+            }),
+        }
+    }
+
+    /// Hands one event to the engine. Returns once it is queued; the receipt resolves once
+    /// it is committed.
+    ///
+    /// # Errors
+    /// [`DispatchError`] when the queue is full (with [`WhenFull::Fail`]), the engine is
+    /// shut down or poisoned, or the event cannot be encoded.
+    pub fn dispatch(&self, event: E) -> Result<Receipt, DispatchError> {
+        let prepared = PreparedEvent::new(event)?;
+        let (reply, rx) = bounded(1);
+        self.send(Msg::Events { events: vec![prepared], reply })?;
+        Ok(Receipt { rx })
+    }
+
+    /// Hands a batch of events to the engine, in order.
+    ///
+    /// # Errors
+    /// As [`Engine::dispatch`]. When an error is returned after part of the batch was
+    /// queued, that part is still committed.
+    pub fn dispatch_batch(&self, events: impl IntoIterator<Item = E>) -> Result<BatchReceipt, DispatchError> {
+        let max = self.shared.options.max_batch_events;
+        let mut parts = Vec::new();
+        let mut chunk = Vec::with_capacity(max.min(1024));
+        for event in events {
+            chunk.push(PreparedEvent::new(event)?);
+            if chunk.len() >= max {
+                let (reply, rx) = bounded(1);
+                self.send(Msg::Events { events: std::mem::take(&mut chunk), reply })?;
+                parts.push(rx);
+            }
+        }
+        if !chunk.is_empty() {
+            let (reply, rx) = bounded(1);
+            self.send(Msg::Events { events: chunk, reply })?;
+            parts.push(rx);
+        }
+        Ok(BatchReceipt { parts })
+    }
+
+    /// Waits until every event queued before this call is committed (or failed).
+    ///
+    /// # Errors
+    /// [`EngineError::ShutDown`] when the writer is gone.
+    pub fn flush(&self) -> Result<(), EngineError> {
+        let (reply, rx) = bounded(1);
+        self.send(Msg::Flush(reply)).map_err(dispatch_to_engine)?;
+        rx.recv().map_err(|_| EngineError::ShutDown)
+    }
+
+    fn command(&self, cmd: Command) -> Result<CommandOutput, EngineError> {
+        let (reply, rx) = bounded(1);
+        let tx = self.tx.as_ref().ok_or(EngineError::ShutDown)?;
+        tx.send(Msg::Command(cmd, reply)).map_err(|_| EngineError::ShutDown)?;
+        rx.recv().map_err(|_| EngineError::ShutDown)?
+    }
+
+    /// How many messages are waiting for the writer.
+    #[must_use]
+    pub fn queued(&self) -> usize {
+        self.tx.as_ref().map_or(0, Sender::len)
+    }
+
+    /// Opens a read model for reading.
+    ///
+    /// Answers [`ReadAnswer::UseSourceOfTruth`] while its kill switch is engaged.
+    ///
+    /// # Errors
+    /// [`EngineError::Read`] when the read model is unknown, changed schema, or storage
+    /// fails.
+    pub fn read<K: ViewKey, V: ViewValue>(
+        &self,
+        def: &TableDef<K, V>,
+    ) -> Result<ReadAnswer<K, V>, EngineError> {
+        Ok(self.shared.store.read(def)?)
+    }
+
+    /// The underlying store, for reconciliation, inspection and tooling.
+    #[must_use]
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
+    }
+
+    /// The registered handler names, in registration order.
+    #[must_use]
+    pub fn handlers(&self) -> Vec<String> {
+        self.shared.registry.handlers().iter().map(|h| h.name().to_string()).collect()
+    }
+
+    /// The clock the engine reads.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
+
+    fn handler_index(&self, handler: &str) -> Result<usize, EngineError> {
+        self.shared
+            .registry
+            .handler_index(handler)
+            .ok_or_else(|| EngineError::UnknownHandler(handler.to_string()))
+    }
+
+    /// Rebuilds a handler's read models from the journal without downtime (see
+    /// [`Store::rebuild`]). Events dispatched meanwhile wait in the queue.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownHandler`]; storage errors.
+    pub fn rebuild(&self, handler: &str) -> Result<ReplayReport, EngineError> {
+        let i = self.handler_index(handler)?;
+        match self.command(Command::Rebuild(i))? {
+            CommandOutput::Rebuilt(r) => Ok(r),
+            _ => Err(EngineError::ShutDown),
+        }
+    }
+
+    /// Dead letters, of one handler or all.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn dead_letters(&self, handler: Option<&str>) -> Result<Vec<DeadLetter>, EngineError> {
+        Ok(self.shared.store.dead_letters(handler)?)
+    }
+
+    /// Retries one dead letter; `None` when there is no such dead letter.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownHandler`]; storage errors.
+    pub fn retry_dead_letter(
+        &self,
+        handler: &str,
+        event_id: &str,
+    ) -> Result<Option<EventReport>, EngineError> {
+        let i = self.handler_index(handler)?;
+        match self.command(Command::Retry { handler: i, event_id: event_id.to_string() })? {
+            CommandOutput::Retried(r) => Ok(r),
+            _ => Err(EngineError::ShutDown),
+        }
+    }
+
+    /// Retries every dead letter (of one handler or all), in (handler, event id) order.
+    /// Returns how many were retried and how many of them are now applied.
+    ///
+    /// # Errors
+    /// As [`Engine::retry_dead_letter`].
+    pub fn retry_dead_letters(&self, handler: Option<&str>) -> Result<(usize, usize), EngineError> {
+        let letters = self.dead_letters(handler)?;
+        let mut fixed = 0;
+        for d in &letters {
+            if let Some(r) = self.retry_dead_letter(&d.handler, &d.event_id)? {
+                if !matches!(r.outcome, EventOutcome::Rejected { .. }) {
+                    fixed += 1;
+                }
+            }
+        }
+        Ok((letters.len(), fixed))
+    }
+
+    /// Discards a dead letter without applying it; returns whether it existed.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn discard_dead_letter(&self, handler: &str, event_id: &str) -> Result<bool, EngineError> {
+        Ok(self.shared.store.discard_dead_letter(handler, event_id)?)
+    }
+
+    /// Engages or releases a read model's kill switch. While engaged, reads answer
+    /// [`ReadAnswer::UseSourceOfTruth`]; with `kill_switch_pauses_projection`, projection
+    /// into it pauses too and catches up from the journal on release. Persisted.
+    ///
+    /// # Errors
+    /// [`EngineError::Commit`] for an unknown read model or a storage failure.
+    pub fn set_kill_switch(&self, read_model: &str, engage: bool) -> Result<(), EngineError> {
+        self.command(Command::KillSwitch { read_model: read_model.to_string(), engage }).map(drop)
+    }
+
+    /// The kill switch of a read model, if engaged.
+    ///
+    /// # Errors
+    /// [`EngineError::Read`] for an unknown read model.
+    pub fn kill_switch(&self, read_model: &str) -> Result<Option<KillSwitch>, EngineError> {
+        Ok(self.shared.store.kill_switch(read_model)?)
+    }
+
+    /// Refreshes one materialized view now.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownReadModel`]; [`EngineError::Refresh`] when its refresh fails.
+    pub fn refresh_view(&self, view: &str) -> Result<(), EngineError> {
+        let v = self
+            .shared
+            .views
+            .iter()
+            .find(|v| v.table().name == view)
+            .ok_or_else(|| EngineError::UnknownReadModel(view.to_string()))?;
+        self.shared.refresh(v.as_ref())
+    }
+
+    /// Refreshes every materialized view now.
+    ///
+    /// # Errors
+    /// The first failure.
+    pub fn refresh_views(&self) -> Result<(), EngineError> {
+        for v in &self.shared.views {
+            self.shared.refresh(v.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Freshness of every read model and view.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn freshness(&self) -> Result<Vec<Freshness>, EngineError> {
+        let store = &self.shared.store;
+        let now = self.shared.clock.now();
+        let head = store.journal_head()?;
+        let handlers = store.handler_records()?;
+        let mut out = Vec::new();
+        for (name, rec) in store.read_model_records()? {
+            let f = match rec.kind {
+                ReadModelKind::Projected => {
+                    let Some((_, h)) = handlers.iter().find(|(n, _)| *n == rec.owner) else { continue };
+                    if self.shared.registry.handler_index(&rec.owner).is_none() {
+                        continue;
+                    }
+                    Freshness {
+                        read_model: name,
+                        owner: rec.owner.clone(),
+                        seconds: h.last_occurred_at.map(|t| seconds_between(t, now)),
+                        commit_lag_ms: h.last_commit_lag_ms,
+                        caught_up: !h.paused && h.seen >= head,
+                        applied: h.applied,
+                        dead_letters: h.dead_letters,
+                        switched_off: rec.kill_switch.is_some(),
+                    }
+                }
+                ReadModelKind::View => Freshness {
+                    read_model: name,
+                    owner: rec.owner.clone(),
+                    seconds: rec.refreshed_at.map(|t| seconds_between(t, now)),
+                    commit_lag_ms: None,
+                    caught_up: true,
+                    applied: 0,
+                    dead_letters: 0,
+                    switched_off: rec.kill_switch.is_some(),
+                },
+            };
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// Freshness of one read model.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownReadModel`]; storage errors.
+    pub fn freshness_of(&self, read_model: &str) -> Result<Freshness, EngineError> {
+        self.freshness()?
+            .into_iter()
+            .find(|f| f.read_model == read_model)
+            .ok_or_else(|| EngineError::UnknownReadModel(read_model.to_string()))
+    }
+
+    /// Stops accepting events, commits everything already accepted, and joins the threads.
+    ///
+    /// # Errors
+    /// [`EngineError::Poisoned`] when the engine stopped on a storage failure (accepted
+    /// events that were not committed had their receipts resolved with [`NotCommitted`]).
+    pub fn shutdown(mut self) -> Result<(), EngineError> {
+        self.stop();
+        match self.shared.store.poisoned() {
+            Some(p) => Err(EngineError::Poisoned(p.first_failure)),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some((stop, handle)) = self.refresher.take() {
+            let _ = stop.send(());
+            let _ = handle.join();
+        }
+        self.tx = None;
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                self.shared.store.poison("the writer thread panicked");
+            }
+        }
+    }
+}
+
+impl<E: Event> Drop for Engine<E> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn dispatch_to_engine(e: DispatchError) -> EngineError {
+    match e {
+        DispatchError::Poisoned(p) => EngineError::Poisoned(p),
+        _ => EngineError::ShutDown,
+    }
+}
+
+fn seconds_between(then: Timestamp, now: Timestamp) -> f64 {
+    now.millis_since(then) as f64 / 1000.0
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_string())
+}
+
+fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
+    startup(shared);
+    let mut carry: Option<Msg<E>> = None;
+    loop {
+        let msg = match carry.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+        };
+        match msg {
+            Msg::Events { events, reply } => {
+                let mut group = vec![(events, reply)];
+                let mut n = group.iter().map(|(e, _)| e.len()).sum::<usize>();
+                let deadline = Instant::now() + shared.options.max_batch_wait;
+                while n < shared.options.max_batch_events {
+                    let next = match rx.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(TryRecvError::Disconnected) => None,
+                        Err(TryRecvError::Empty) if shared.options.max_batch_wait.is_zero() => None,
+                        Err(TryRecvError::Empty) => rx.recv_deadline(deadline).ok(),
+                    };
+                    match next {
+                        Some(Msg::Events { events, reply }) => {
+                            n += events.len();
+                            group.push((events, reply));
+                        }
+                        Some(other) => {
+                            carry = Some(other);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                commit_group(shared, group);
+            }
+            Msg::Flush(reply) => {
+                let _ = reply.send(());
+            }
+            Msg::Command(cmd, reply) => {
+                let out = match catch_unwind(AssertUnwindSafe(|| run_command(shared, cmd))) {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        let msg = format!("the writer panicked: {}", panic_message(&panic));
+                        shared.store.poison(msg.clone());
+                        Err(EngineError::Poisoned(msg))
+                    }
+                };
+                let _ = reply.send(out);
+            }
+        }
+    }
+}
+
+fn startup<E: Event>(shared: &Shared<E>) {
+    let now = || shared.clock.now();
+    for name in &shared.registry.needs_rebuild {
+        let Some(i) = shared.registry.handler_index(name.as_str()) else { continue };
+        if let Err(e) = shared.store.rebuild(&shared.registry, i, now(), &mut |_, _| {}) {
+            tracing::error!(handler = %name, error = %e, "rebuild at open failed");
+            shared.store.poison(format!("rebuilding {name} at open failed: {e}"));
+            return;
+        }
+    }
+    for i in 0..shared.registry.handlers().len() {
+        match shared.store.catch_up(&shared.registry, i, &now) {
+            Ok(r) if r.replayed > 0 => {
+                tracing::info!(handler = i, replayed = r.replayed, "caught up from the journal")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.store.poison(format!("catch-up failed: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+fn commit_group<E: Event>(
+    shared: &Shared<E>,
+    group: Vec<(Vec<PreparedEvent<E>>, Reply<Result<Vec<EventReport>, NotCommitted>>)>,
+) {
+    if let Some(p) = shared.store.poisoned() {
+        for (_, reply) in group {
+            let _ = reply.send(Err(NotCommitted::CommitFailed(p.first_failure.clone())));
+        }
+        return;
+    }
+    let mut sizes = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    let mut events = Vec::with_capacity(group.iter().map(|(e, _)| e.len()).sum());
+    for (evs, reply) in group {
+        sizes.push(evs.len());
+        replies.push(reply);
+        events.extend(evs);
+    }
+    let started = Instant::now();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        shared.store.project(&shared.registry, &events, shared.clock.now())
+    }));
+    let result = match result {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(e)) => {
+            shared.store.poison(e.to_string());
+            Err(NotCommitted::CommitFailed(e.to_string()))
+        }
+        Err(panic) => {
+            let msg = format!("the writer panicked: {}", panic_message(&panic));
+            shared.store.poison(msg.clone());
+            Err(NotCommitted::CommitFailed(msg))
+        }
+    };
+    metrics::histogram!("driftless_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("driftless_batch_events").record(events.len() as f64);
+    match result {
+        Ok(report) => {
+            count_outcomes(&report.events);
+            let mut reports = report.events.into_iter();
+            for (size, reply) in sizes.into_iter().zip(replies) {
+                let part: Vec<EventReport> = reports.by_ref().take(size).collect();
+                let _ = reply.send(Ok(part));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn count_outcomes(reports: &[EventReport]) {
+    let (mut applied, mut duplicate, mut conflict, mut rejected, mut deferred) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for r in reports {
+        match r.outcome {
+            EventOutcome::Applied => applied += 1,
+            EventOutcome::Duplicate => duplicate += 1,
+            EventOutcome::Conflict { .. } => conflict += 1,
+            EventOutcome::Rejected { .. } => rejected += 1,
+            EventOutcome::Deferred => deferred += 1,
+        }
+    }
+    for (outcome, n) in [
+        ("applied", applied),
+        ("duplicate", duplicate),
+        ("conflict", conflict),
+        ("rejected", rejected),
+        ("deferred", deferred),
+    ] {
+        if n > 0 {
+            metrics::counter!("driftless_events_total", "outcome" => outcome).increment(n);
+        }
+    }
+}
+
+fn run_command<E: Event>(shared: &Shared<E>, cmd: Command) -> Result<CommandOutput, EngineError> {
+    if let Some(p) = shared.store.poisoned() {
+        return Err(EngineError::Poisoned(p.first_failure));
+    }
+    let now = || shared.clock.now();
+    match cmd {
+        Command::Rebuild(i) => {
+            Ok(CommandOutput::Rebuilt(shared.store.rebuild(&shared.registry, i, now(), &mut |_, _| {})?))
+        }
+        Command::Retry { handler, event_id } => Ok(CommandOutput::Retried(shared.store.retry_dead_letter(
+            &shared.registry,
+            handler,
+            &event_id,
+            now(),
+        )?)),
+        Command::KillSwitch { read_model, engage } => {
+            let switch = engage.then(|| KillSwitch {
+                engaged_at: now(),
+                pause_projection: shared.options.kill_switch_pauses_projection,
+            });
+            shared.store.set_kill_switch(&read_model, switch)?;
+            if !engage {
+                if let Some(i) = shared
+                    .registry
+                    .owner_of(&read_model)
+                    .and_then(|h| shared.registry.handler_index(h.name().as_str()))
+                {
+                    shared.store.catch_up(&shared.registry, i, &now)?;
+                }
+            }
+            tracing::info!(%read_model, engaged = engage, "kill switch changed");
+            Ok(CommandOutput::Done)
+        }
+    }
+}
