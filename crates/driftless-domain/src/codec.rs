@@ -100,7 +100,36 @@ fn checksum(version_and_body: &[u8]) -> [u8; CHECKSUM_LEN] {
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let start = out.len();
     out.push(ENVELOPE_VERSION);
-    stable_encode_into(value, out)?;
+    if let Err(e) = stable_encode_into(value, out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    finish_envelope(out, start)
+}
+
+/// Wraps an already-encoded body (from [`stable_encode_into`]) in an envelope, appending
+/// to `out`.
+///
+/// # Errors
+/// [`CodecError::TooLarge`] if the body exceeds [`MAX_BODY_LEN`].
+pub fn seal_into(body: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let start = out.len();
+    out.push(ENVELOPE_VERSION);
+    out.extend_from_slice(body);
+    finish_envelope(out, start)
+}
+
+/// As [`seal_into`], into a new vector.
+///
+/// # Errors
+/// As [`seal_into`].
+pub fn seal(body: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(body.len() + 1 + CHECKSUM_LEN);
+    seal_into(body, &mut out)?;
+    Ok(out)
+}
+
+fn finish_envelope(out: &mut Vec<u8>, start: usize) -> Result<(), CodecError> {
     let body_len = out.len() - start - 1;
     if body_len > MAX_BODY_LEN {
         out.truncate(start);
@@ -153,6 +182,18 @@ pub fn verify(bytes: &[u8]) -> Result<&[u8], CodecError> {
 /// [`MAX_BODY_LEN`], whatever the input.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     stable_decode(verify(bytes)?)
+}
+
+/// Checks an envelope and decodes only the leading fields of its body as `T`, ignoring
+/// the rest (a struct whose fields are a prefix of the stored struct's fields).
+///
+/// # Errors
+/// As [`decode`], except that trailing bytes are allowed.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let body = verify(bytes)?;
+    bincode::serde::decode_from_slice::<T, _>(body, config())
+        .map(|(value, _)| value)
+        .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), message: e.to_string() })
 }
 
 /// Appends the stable encoding of `value` (bincode 2 standard, no envelope): the bytes
@@ -252,6 +293,14 @@ mod tests {
         let sum = checksum(&bytes);
         bytes.extend_from_slice(&sum);
         assert_eq!(decode::<u8>(&bytes), Err(CodecError::UnknownVersion { found: 7 }));
+        Ok(())
+    }
+
+    #[test]
+    fn sealing_a_body_equals_encoding_the_value() -> Result<(), CodecError> {
+        let mut body = Vec::new();
+        stable_encode_into(&row(), &mut body)?;
+        assert_eq!(seal(&body)?, encode(&row())?);
         Ok(())
     }
 

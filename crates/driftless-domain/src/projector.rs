@@ -258,12 +258,16 @@ impl<K: ViewKey, V: ViewValue> TableMut<'_, '_, K, V> {
     /// storage fails.
     pub fn get(&self, key: &K) -> Result<Option<V>, ViewError> {
         let key = key.to_key_bytes();
-        let bytes = match self.views.set.lookup(self.slot, &key) {
-            Some(Some(bytes)) => return self.decode(bytes).map(Some),
+        let stored = match self.views.set.lookup(self.slot, &key) {
+            Some(Some(body)) => {
+                return codec::stable_decode(body)
+                    .map(Some)
+                    .map_err(|source| ViewError::Codec { table: self.name.to_string(), source });
+            }
             Some(None) => return Ok(None),
             None => self.views.committed.get(self.slot, &key)?,
         };
-        bytes.map(|b| self.decode(&b)).transpose()
+        stored.map(|b| self.decode(&b)).transpose()
     }
 
     /// Stores `value` under `key`.
@@ -271,9 +275,10 @@ impl<K: ViewKey, V: ViewValue> TableMut<'_, '_, K, V> {
     /// # Errors
     /// [`ViewError::Codec`] when the value cannot be encoded.
     pub fn put(&mut self, key: &K, value: &V) -> Result<(), ViewError> {
-        let bytes = codec::encode(value)
+        let mut body = Vec::with_capacity(64);
+        codec::stable_encode_into(value, &mut body)
             .map_err(|source| ViewError::Codec { table: self.name.to_string(), source })?;
-        self.views.set.pending.push((self.slot, key.to_key_bytes(), Some(bytes)));
+        self.views.set.pending.push((self.slot, key.to_key_bytes(), Some(body)));
         Ok(())
     }
 

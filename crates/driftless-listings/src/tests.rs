@@ -733,15 +733,16 @@ impl Harness {
         Ok(verdicts)
     }
 
-    fn commit(&mut self) {
+    fn commit(&mut self) -> Result<(), driftless_domain::CodecError> {
         for (slot, writes) in self.set.take().into_iter().enumerate() {
             for (key, write) in writes {
                 match write {
-                    Some(bytes) => self.committed.0.insert((slot, key), bytes),
+                    Some(body) => self.committed.0.insert((slot, key), driftless_domain::codec::seal(&body)?),
                     None => self.committed.0.remove(&(slot, key)),
                 };
             }
         }
+        Ok(())
     }
 
     fn rows<V: serde::de::DeserializeOwned>(
@@ -768,10 +769,10 @@ fn projectors_match_the_model(config: GenConfig, batch: usize) -> TestResult {
         let verdicts = harness.dispatch(event)?;
         assert_eq!(verdicts, vec![expected.clone(); 2], "event {i}: {event:?}");
         if i % batch == batch - 1 {
-            harness.commit();
+            harness.commit()?;
         }
     }
-    harness.commit();
+    harness.commit()?;
     let cards: BTreeMap<String, ListingCard> = harness.rows(0)?;
     let stats: BTreeMap<String, DistrictStats> = harness.rows(1)?;
     let memberships: BTreeMap<String, ListingMembership> = harness.rows(2)?;
@@ -830,7 +831,7 @@ fn projectors_reject_the_same_hand_made_events_as_the_model() -> TestResult {
     for event in &stream {
         let expected = Verdict::from(&model.apply(event));
         assert_eq!(harness.dispatch(event)?, vec![expected.clone(); 2], "{event:?}");
-        harness.commit();
+        harness.commit()?;
     }
     assert_eq!(harness.rows::<ListingCard>(0)?, model.listing_cards());
     assert_eq!(harness.rows::<DistrictStats>(1)?, model.district_stats());

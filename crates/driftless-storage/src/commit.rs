@@ -4,15 +4,16 @@
 use crate::error::CommitError;
 use crate::registry::Registry;
 use crate::schema::{
-    physical, shadow, DeadLetter, HandlerRecord, IndexRow, JournalEntry, ReadModelRecord, DEAD_LETTERS,
-    EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META, META_HEAD, READ_MODELS,
+    canonical_time, index_key, physical, shadow, DeadLetter, HandlerRecord, IndexRow, JournalEntry,
+    ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META,
+    META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
 };
 use crate::store::Store;
 use driftless_domain::{
     codec, ApplyError, CommittedRows, Event, EventId, PayloadHash, PreparedEvent, ProjectionContext,
     Timestamp, ViewError, WriteSet,
 };
-use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -130,14 +131,16 @@ struct Batch<'t, 'r, E> {
     mode: Mode,
     meta: Table<'t, &'static str, &'static [u8]>,
     handlers_t: Table<'t, &'static str, &'static [u8]>,
-    index: Table<'t, &'static str, &'static [u8]>,
+    index: Table<'t, &'static [u8], &'static [u8]>,
+    ids: Table<'t, &'static str, &'static [u8]>,
+    has_explicit_ids: bool,
     journal: Option<Table<'t, u64, &'static [u8]>>,
     by_aggregate: Option<Table<'t, (&'static str, u64), ()>>,
     dead: Table<'t, (&'static str, &'static str), &'static [u8]>,
     rm: Vec<Option<RawTable<'t>>>,
-    index_overlay: BTreeMap<String, Option<IndexRow>>,
+    index_overlay: BTreeMap<Vec<u8>, Option<IndexRow>>,
+    ids_overlay: BTreeMap<String, u64>,
     dead_overlay: BTreeMap<(String, String), Option<DeadLetter>>,
-    aggregate_keys: Vec<(String, u64)>,
     ws: WriteSet,
     scratch: Vec<u8>,
 }
@@ -165,6 +168,8 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         let meta = txn.open_table(META).map_err(f)?;
         let handlers_t = txn.open_table(HANDLERS).map_err(f)?;
         let index = txn.open_table(EVENT_INDEX).map_err(f)?;
+        let ids = txn.open_table(EVENT_IDS).map_err(f)?;
+        let has_explicit_ids = !ids.is_empty().map_err(|e| store.fail(e))?;
         let dead = txn.open_table(DEAD_LETTERS).map_err(f)?;
         let (journal, by_aggregate) = if store.journal_enabled() {
             (
@@ -204,27 +209,52 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             meta,
             handlers_t,
             index,
+            ids,
+            has_explicit_ids,
             journal,
             by_aggregate,
             dead,
             rm,
             index_overlay: BTreeMap::new(),
+            ids_overlay: BTreeMap::new(),
             dead_overlay: BTreeMap::new(),
-            aggregate_keys: Vec::new(),
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
         })
     }
 
-    fn load_row(&self, id: &str) -> Result<Option<IndexRow>, CommitError> {
-        if let Some(row) = self.index_overlay.get(id) {
+    fn row_at(&self, key: &[u8]) -> Result<Option<IndexRow>, CommitError> {
+        if let Some(row) = self.index_overlay.get(key) {
             return Ok(row.clone());
         }
-        decode_opt(self.index.get(id).map_err(|e| self.store.fail(e))?)
+        decode_opt(self.index.get(key).map_err(|e| self.store.fail(e))?)
+    }
+
+    /// Finds the index row of `id`: where it is filed, the row, and whether a new row filed
+    /// at `occurred_at` needs an `event_ids` entry to be found again.
+    fn locate(&self, id: &str, occurred_at: u64) -> Result<(Vec<u8>, Option<IndexRow>, bool), CommitError> {
+        let explicit = match self.ids_overlay.get(id) {
+            Some(t) => Some(*t),
+            None if self.has_explicit_ids => decode_opt(self.ids.get(id).map_err(|e| self.store.fail(e))?)?,
+            None => None,
+        };
+        if let Some(t) = explicit {
+            let key = index_key(t, id);
+            let row = self.row_at(&key)?;
+            return Ok((key, row, false));
+        }
+        let canonical = canonical_time(id);
+        if let Some(t) = canonical {
+            let key = index_key(t, id);
+            if let Some(row) = self.row_at(&key)? {
+                return Ok((key, Some(row), false));
+            }
+        }
+        Ok((index_key(occurred_at, id), None, canonical != Some(occurred_at)))
     }
 
     fn load_dead(&self, handler: &str, id: &str) -> Result<Option<DeadLetter>, CommitError> {
-        if let Some(d) = self.dead_overlay.get(&(handler.to_string(), id.to_string())) {
+        if let Some((_, d)) = self.dead_overlay.iter().find(|((h, i), _)| h == handler && i == id) {
             return Ok(d.clone());
         }
         decode_opt(self.dead.get((handler, id)).map_err(|e| self.store.fail(e))?)
@@ -232,7 +262,8 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
 
     fn process(&mut self, ev: &PreparedEvent<E>, known_position: u64) -> Result<EventReport, CommitError> {
         let id = ev.id.as_str();
-        let mut row = self.load_row(id)?;
+        let (key, mut row, needs_id_entry) = self.locate(id, ev.event.occurred_at().0)?;
+        let was_new = row.is_none();
         if let Some(r) = &row {
             if !r.is_empty() && r.hash != ev.hash.0 {
                 return Ok(EventReport {
@@ -266,10 +297,8 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 Mode::Replay => known_position <= rec.seen,
                 Mode::Retry => false,
             };
-            if deferred {
-                outcomes.push((i, HandlerOutcome::Deferred));
-                continue;
-            }
+            // A handler that already applied the event skips it as a duplicate, paused or
+            // not: it does not need it from the journal later.
             if row.as_ref().is_some_and(|r| r.has(h.slot)) {
                 if self.mode == Mode::Retry {
                     self.clear_dead_letter(k, i, id)?;
@@ -277,8 +306,17 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 outcomes.push((i, HandlerOutcome::Duplicate));
                 continue;
             }
+            if deferred {
+                outcomes.push((i, HandlerOutcome::Deferred));
+                continue;
+            }
             let pos = position.unwrap_or(0);
-            let result = if h.projector.handles(&ev.event) {
+            // `handles` is projector code too: a panic in it dead-letters the event, as one
+            // in `apply` does, instead of failing the whole commit.
+            let wanted = catch_unwind(AssertUnwindSafe(|| h.projector.handles(&ev.event)));
+            let result = if let Err(panic) = &wanted {
+                Err(panic_text(panic))
+            } else if matches!(wanted, Ok(true)) {
                 let ctx = ProjectionContext {
                     event_id: ev.id.clone(),
                     handler: h.name.clone(),
@@ -344,7 +382,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             }
         }
         if changed {
-            self.index_overlay.insert(id.to_string(), row);
+            if was_new && needs_id_entry {
+                self.ids_overlay.insert(id.to_string(), ev.event.occurred_at().0);
+            }
+            self.index_overlay.insert(key, row);
         }
         if self.mode == Mode::Replay {
             for rec in &mut self.records {
@@ -374,7 +415,6 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         self.scratch.clear();
         codec::encode_into(&entry, &mut self.scratch)?;
         journal.insert(position, self.scratch.as_slice()).map_err(|e| self.store.fail(e))?;
-        self.aggregate_keys.push((ev.event.aggregate_id().to_string(), position));
         Ok(())
     }
 
@@ -383,9 +423,13 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         if rec.dead_letters == 0 {
             return Ok(());
         }
-        let name = h.name.to_string();
-        if self.load_dead(&name, id)?.is_some() {
-            self.dead_overlay.insert((name, id.to_string()), None);
+        let name = h.name.as_str();
+        let exists = match self.dead_overlay.iter().find(|((hn, i), _)| hn == name && i == id) {
+            Some((_, d)) => d.is_some(),
+            None => self.dead.get((name, id)).map_err(|e| self.store.fail(e))?.is_some(),
+        };
+        if exists {
+            self.dead_overlay.insert((name.to_string(), id.to_string()), None);
             if let Some(rec) = self.records.get_mut(k) {
                 rec.dead_letters = rec.dead_letters.saturating_sub(1);
             }
@@ -442,28 +486,31 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             let Some(Some(table)) = self.rm.get_mut(slot) else { continue };
             for (key, write) in rows {
                 match write {
-                    Some(v) => table.insert(key.as_slice(), v.as_slice()).map(drop),
+                    Some(body) => {
+                        self.scratch.clear();
+                        codec::seal_into(&body, &mut self.scratch)?;
+                        table.insert(key.as_slice(), self.scratch.as_slice()).map(drop)
+                    }
                     None => table.remove(key.as_slice()).map(drop),
                 }
                 .map_err(|e| store.fail(e))?;
             }
         }
-        for (id, row) in std::mem::take(&mut self.index_overlay) {
+        for (key, row) in std::mem::take(&mut self.index_overlay) {
             match row {
                 Some(row) if !row.is_empty() => {
                     self.scratch.clear();
                     codec::encode_into(&row, &mut self.scratch)?;
-                    self.index.insert(id.as_str(), self.scratch.as_slice()).map(drop)
+                    self.index.insert(key.as_slice(), self.scratch.as_slice()).map(drop)
                 }
-                _ => self.index.remove(id.as_str()).map(drop),
+                _ => self.index.remove(key.as_slice()).map(drop),
             }
             .map_err(|e| store.fail(e))?;
         }
-        if let Some(by_aggregate) = self.by_aggregate.as_mut() {
-            self.aggregate_keys.sort_unstable();
-            for (aggregate, position) in self.aggregate_keys.drain(..) {
-                by_aggregate.insert((aggregate.as_str(), position), ()).map_err(|e| store.fail(e))?;
-            }
+        for (id, filed_at) in std::mem::take(&mut self.ids_overlay) {
+            let bytes = codec::encode(&filed_at)?;
+            self.ids.insert(id.as_str(), bytes.as_slice()).map_err(|e| store.fail(e))?;
+            self.has_explicit_ids = true;
         }
         for ((handler, id), letter) in std::mem::take(&mut self.dead_overlay) {
             match letter {
@@ -493,6 +540,16 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         if self.head != self.start_head {
             let bytes = codec::encode(&self.head)?;
             self.meta.insert(META_HEAD, bytes.as_slice()).map_err(|e| store.fail(e))?;
+            if let (Some(journal), Some(by_aggregate)) = (self.journal.as_ref(), self.by_aggregate.as_mut()) {
+                let filed: u64 =
+                    decode_opt(self.meta.get(META_AGGREGATES_INDEXED).map_err(|e| store.fail(e))?)?
+                        .unwrap_or(0);
+                if self.head.saturating_sub(filed) >= AGGREGATE_FILING_BULK {
+                    file_aggregates(store, journal, by_aggregate, filed, self.head)?;
+                    let bytes = codec::encode(&self.head)?;
+                    self.meta.insert(META_AGGREGATES_INDEXED, bytes.as_slice()).map_err(|e| store.fail(e))?;
+                }
+            }
         }
         Ok(())
     }
@@ -500,9 +557,11 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
 
 fn summarize(outcomes: &[(usize, HandlerOutcome)]) -> EventOutcome {
     let any = |f: fn(&HandlerOutcome) -> bool| outcomes.iter().any(|(_, o)| f(o));
-    if any(|o| matches!(o, HandlerOutcome::Applied | HandlerOutcome::NotHandled)) {
+    if any(|o| matches!(o, HandlerOutcome::Applied)) {
         return EventOutcome::Applied;
     }
+    // A handler not interested in the event did not try it: it does not make an event
+    // that every interested handler rejected "applied".
     if let Some((_, HandlerOutcome::DeadLettered { reason })) =
         outcomes.iter().find(|(_, o)| matches!(o, HandlerOutcome::DeadLettered { .. }))
     {
@@ -510,6 +569,9 @@ fn summarize(outcomes: &[(usize, HandlerOutcome)]) -> EventOutcome {
     }
     if any(|o| matches!(o, HandlerOutcome::Deferred)) {
         return EventOutcome::Deferred;
+    }
+    if any(|o| matches!(o, HandlerOutcome::NotHandled)) {
+        return EventOutcome::Applied;
     }
     EventOutcome::Duplicate
 }
@@ -521,6 +583,44 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-text panic payload".to_string());
     format!("the projector panicked: {msg}")
+}
+
+/// How many journal entries accumulate before they are filed in `journal_by_aggregate`.
+///
+/// Filing in bulk keeps the per-aggregate index off the per-event write path: a few
+/// thousand sorted inserts touch each of its pages about once, where one insert per event
+/// would dirty a random page per event. Entries not yet filed are found by scanning the
+/// journal's tail.
+pub(crate) const AGGREGATE_FILING_BULK: u64 = 16_384;
+
+/// The leading fields of a stored [`JournalEntry`].
+#[derive(serde::Deserialize)]
+struct JournalHead {
+    position: u64,
+    #[allow(dead_code, reason = "decoded only to reach the next field")]
+    event_id: String,
+    aggregate_id: String,
+}
+
+/// Files journal entries `(after, upto]` in the per-aggregate index, in key order.
+fn file_aggregates(
+    store: &Store,
+    journal: &Table<'_, u64, &'static [u8]>,
+    by_aggregate: &mut Table<'_, (&'static str, u64), ()>,
+    after: u64,
+    upto: u64,
+) -> Result<(), CommitError> {
+    let mut keys: Vec<(String, u64)> = Vec::new();
+    for item in journal.range(after.saturating_add(1)..=upto).map_err(|e| store.fail(e))? {
+        let (_, v) = item.map_err(|e| store.fail(e))?;
+        let head: JournalHead = codec::decode_prefix(v.value())?;
+        keys.push((head.aggregate_id, head.position));
+    }
+    keys.sort_unstable();
+    for (aggregate, position) in keys {
+        by_aggregate.insert((aggregate.as_str(), position), ()).map_err(|e| store.fail(e))?;
+    }
+    Ok(())
 }
 
 /// How many journal entries one catch-up or rebuild step reads at a time.
@@ -684,22 +784,22 @@ impl Store {
         // Reset the handler: its offsets, dead letters and progress.
         {
             let mut index = txn.open_table(EVENT_INDEX).map_err(f)?;
-            let mut after: Option<String> = None;
+            let mut after: Option<Vec<u8>> = None;
             loop {
-                let mut chunk: Vec<(String, IndexRow)> = Vec::new();
+                let mut chunk: Vec<(Vec<u8>, IndexRow)> = Vec::new();
                 {
                     let range = match &after {
-                        Some(a) => index.range::<&str>((
-                            std::ops::Bound::Excluded(a.as_str()),
+                        Some(a) => index.range::<&[u8]>((
+                            std::ops::Bound::Excluded(a.as_slice()),
                             std::ops::Bound::Unbounded,
                         )),
-                        None => index.range::<&str>(..),
+                        None => index.range::<&[u8]>(..),
                     }
                     .map_err(|e| self.fail(e))?;
                     for item in range.take(REPLAY_CHUNK) {
                         let (k, v) = item.map_err(|e| self.fail(e))?;
                         let row: IndexRow = codec::decode(v.value())?;
-                        chunk.push((k.value().to_string(), row));
+                        chunk.push((k.value().to_vec(), row));
                     }
                 }
                 let Some((last, _)) = chunk.last() else { break };
@@ -708,10 +808,10 @@ impl Store {
                     if row.has(h.slot) {
                         row.clear(h.slot);
                         if row.is_empty() {
-                            index.remove(k.as_str()).map_err(|e| self.fail(e))?;
+                            index.remove(k.as_slice()).map_err(|e| self.fail(e))?;
                         } else {
                             index
-                                .insert(k.as_str(), codec::encode(&row)?.as_slice())
+                                .insert(k.as_slice(), codec::encode(&row)?.as_slice())
                                 .map_err(|e| self.fail(e))?;
                         }
                     }
@@ -810,6 +910,36 @@ impl Store {
             "rebuild committed"
         );
         Ok(report)
+    }
+
+    /// Files every journal entry not yet in the per-aggregate index (entries are otherwise
+    /// filed in bulk, every few thousand). Returns the position filed up to.
+    ///
+    /// # Errors
+    /// As [`Store::project`].
+    pub fn file_aggregates(&self) -> Result<u64, CommitError> {
+        if !self.journal_enabled() {
+            return Ok(0);
+        }
+        let txn = self.begin_write()?;
+        let head = {
+            let f = |e: redb::TableError| self.fail(e);
+            let mut meta = txn.open_table(META).map_err(f)?;
+            let journal = txn.open_table(JOURNAL).map_err(f)?;
+            let mut by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?;
+            let head: u64 = decode_opt(meta.get(META_HEAD).map_err(|e| self.fail(e))?)?.unwrap_or(0);
+            let filed: u64 =
+                decode_opt(meta.get(META_AGGREGATES_INDEXED).map_err(|e| self.fail(e))?)?.unwrap_or(0);
+            if filed >= head {
+                return Ok(head);
+            }
+            file_aggregates(self, &journal, &mut by_aggregate, filed, head)?;
+            meta.insert(META_AGGREGATES_INDEXED, codec::encode(&head)?.as_slice())
+                .map_err(|e| self.fail(e))?;
+            head
+        };
+        self.commit(txn)?;
+        Ok(head)
     }
 
     /// Replaces every row of a materialized view in one write transaction: a reader sees

@@ -2,8 +2,9 @@
 
 use crate::error::{CommitError, ReadError};
 use crate::schema::{
-    physical, DeadLetter, HandlerRecord, IndexRow, JournalEntry, KillSwitch, ReadModelRecord, DEAD_LETTERS,
-    EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META, META_HEAD, READ_MODELS,
+    canonical_time, index_key, physical, DeadLetter, HandlerRecord, IndexRow, JournalEntry, KillSwitch,
+    ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META,
+    META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
 };
 use crate::store::Store;
 use driftless_domain::{codec, OffsetRecord, TableDef, Timestamp, ViewKey, ViewValue};
@@ -274,14 +275,24 @@ impl Store {
         let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
         let journal = txn.open_table(JOURNAL)?;
         let mut out = Vec::new();
+        let decode = |v: &[u8]| -> Result<JournalEntry, ReadError> {
+            codec::decode(v).map_err(|source| ReadError::Codec { table: "journal".into(), source })
+        };
         for item in by_aggregate.range((aggregate_id, 0u64)..=(aggregate_id, u64::MAX))? {
             let (k, _) = item?;
             let (_, position) = k.value();
             if let Some(v) = journal.get(position)? {
-                out.push(
-                    codec::decode(v.value())
-                        .map_err(|source| ReadError::Codec { table: "journal".into(), source })?,
-                );
+                out.push(decode(v.value())?);
+            }
+        }
+        // Entries not yet filed in the per-aggregate index.
+        let meta = txn.open_table(META)?;
+        let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
+        for item in journal.range(filed.saturating_add(1)..)? {
+            let (_, v) = item?;
+            let entry = decode(v.value())?;
+            if entry.aggregate_id == aggregate_id {
+                out.push(entry);
             }
         }
         Ok(out)
@@ -310,7 +321,18 @@ impl Store {
             out.push(aggregate.to_string());
             next = Some(aggregate.to_string());
         }
-        Ok(out)
+        // Entries not yet filed in the per-aggregate index.
+        let meta = txn.open_table(META)?;
+        let journal = txn.open_table(JOURNAL)?;
+        let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
+        let mut all: std::collections::BTreeSet<String> = out.into_iter().collect();
+        for item in journal.range(filed.saturating_add(1)..)? {
+            let (_, v) = item?;
+            let entry: JournalEntry = codec::decode(v.value())
+                .map_err(|source| ReadError::Codec { table: "journal".into(), source })?;
+            all.insert(entry.aggregate_id);
+        }
+        Ok(all.into_iter().take(limit).collect())
     }
 
     /// The stored record of one handler.
@@ -362,7 +384,13 @@ impl Store {
         let Some(rec) = self.handler_record(handler)? else { return Ok(None) };
         let txn = self.db.begin_read()?;
         let index = txn.open_table(EVENT_INDEX)?;
-        let Some(bytes) = index.get(event_id)? else { return Ok(None) };
+        let ids = txn.open_table(EVENT_IDS)?;
+        let filed_at = match ids.get(event_id)? {
+            Some(b) => Some(codec::decode::<u64>(b.value())?),
+            None => canonical_time(event_id),
+        };
+        let Some(filed_at) = filed_at else { return Ok(None) };
+        let Some(bytes) = index.get(index_key(filed_at, event_id).as_slice())? else { return Ok(None) };
         let row: IndexRow = codec::decode(bytes.value())?;
         Ok(row.has(rec.slot).then(|| OffsetRecord {
             applied_at: Timestamp(row.applied_at_of(rec.slot)),
@@ -572,7 +600,7 @@ impl Store {
             } else if name == DEAD_LETTERS.name() {
                 let t = txn.open_table(DEAD_LETTERS)?;
                 figures(t.stats()?, t.len()?)
-            } else if name.starts_with("rm.") {
+            } else if name.starts_with("rm.") || name == EVENT_INDEX.name() {
                 let t = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
                 figures(t.stats()?, t.len()?)
             } else {
@@ -612,7 +640,7 @@ impl Store {
                     let (h, id) = k.value();
                     check(&name, format!("{h}/{id}"), v.value());
                 }
-            } else if name.starts_with("rm.") {
+            } else if name.starts_with("rm.") || name == EVENT_INDEX.name() {
                 for item in txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?.iter()? {
                     let (k, v) = item?;
                     check(&name, String::from_utf8_lossy(k.value()).into_owned(), v.value());

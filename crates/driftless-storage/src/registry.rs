@@ -104,7 +104,9 @@ impl Store {
         let mut handlers = Vec::with_capacity(projectors.len());
         let mut all_tables: Vec<TableId> = Vec::new();
         let mut needs_rebuild = Vec::new();
-        {
+        // A storage failure inside the transaction poisons the store like a failed commit:
+        // redb may already have written part of it.
+        let written = (|| -> Result<(), RegisterError> {
             let mut meta = txn.open_table(META)?;
             let mut handler_table = txn.open_table(HANDLERS)?;
             let mut rm_table = txn.open_table(READ_MODELS)?;
@@ -195,7 +197,12 @@ impl Store {
                 rm_table.insert(t.name, codec::encode(&rec)?.as_slice())?;
             }
             meta.insert(META_NEXT_SLOT, codec::encode(&next_slot)?.as_slice())?;
+            Ok(())
+        })();
+        if let Err(RegisterError::Storage(failure)) = &written {
+            self.poison(failure.message());
         }
+        written?;
         self.commit(txn).map_err(commit_to_register)?;
         Ok(Registry { handlers, tables: all_tables, needs_rebuild })
     }

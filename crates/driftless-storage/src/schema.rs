@@ -19,8 +19,14 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("drif
 pub(crate) const HANDLERS: TableDefinition<&str, &[u8]> = TableDefinition::new("driftless.handlers");
 /// `read_models`: table name -> [`ReadModelRecord`].
 pub(crate) const READ_MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("driftless.read_models");
-/// `event_index` (the `projection_offset` record): event id -> [`IndexRow`].
-pub(crate) const EVENT_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("driftless.event_index");
+/// `event_index` (the `projection_offset` record): [`index_key`] -> [`IndexRow`].
+///
+/// Keys are time-ordered (`occurred_at` big-endian, then the event id), so the rows a batch
+/// adds land together at the end of the tree instead of on a random page each.
+pub(crate) const EVENT_INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("driftless.event_index");
+/// `event_ids`: event id -> the `occurred_at` its index row is filed under, for ids whose
+/// time [`canonical_time`] cannot derive (explicit ids, or a time that differs from it).
+pub(crate) const EVENT_IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("driftless.event_ids");
 /// `journal`: position -> [`JournalEntry`].
 pub(crate) const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("driftless.journal");
 /// `journal_by_aggregate`: (aggregate id, position) -> ().
@@ -34,6 +40,35 @@ pub(crate) const DEAD_LETTERS: TableDefinition<(&str, &str), &[u8]> =
 pub(crate) const META_FORMAT: &str = "format";
 /// The meta key of the journal head (the last position handed out).
 pub(crate) const META_HEAD: &str = "journal_head";
+/// The meta key of the last journal position filed in `journal_by_aggregate`.
+pub(crate) const META_AGGREGATES_INDEXED: &str = "aggregates_indexed";
+
+/// The key of an event's index row: its filing time, big-endian, then its id.
+pub(crate) fn index_key(filed_at: u64, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + id.len());
+    k.extend_from_slice(&filed_at.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The time an id derived by default (`"{aggregate}:{millis}:{name}"`) carries: the
+/// second-to-last `:`-separated part, when it is a plain decimal number.
+///
+/// Any pure function of the id would keep lookups correct (an id whose event was filed
+/// under another time gets an `event_ids` entry); this one makes default ids need none.
+pub(crate) fn canonical_time(id: &str) -> Option<u64> {
+    let mut parts = id.rsplitn(3, ':');
+    let _name = parts.next()?;
+    let millis = parts.next()?;
+    parts.next()?;
+    if millis.is_empty() || millis.len() > 20 || !millis.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if millis.len() > 1 && millis.starts_with('0') {
+        return None;
+    }
+    millis.parse().ok()
+}
 
 /// The physical name of a read-model table.
 pub(crate) fn physical(name: &str) -> String {

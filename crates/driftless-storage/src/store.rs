@@ -2,8 +2,8 @@
 
 use crate::error::{CommitError, OpenError, Poisoned, StorageFailure};
 use crate::schema::{
-    FormatRecord, DEAD_LETTERS, EVENT_INDEX, FORMAT_VERSION, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, MAGIC,
-    META, META_FORMAT, READ_MODELS,
+    FormatRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, FORMAT_VERSION, HANDLERS, JOURNAL,
+    JOURNAL_BY_AGGREGATE, MAGIC, META, META_FORMAT, READ_MODELS,
 };
 use driftless_domain::codec;
 use parking_lot::Mutex;
@@ -77,13 +77,17 @@ fn map_database_error(path: &Path, e: redb::DatabaseError) -> OpenError {
         redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)) => {
             OpenError::Corrupted { path: path.to_path_buf(), reason }
         }
-        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => {
-            if source.kind() == std::io::ErrorKind::InvalidData {
+        redb::DatabaseError::Storage(redb::StorageError::Io(source)) => match source.kind() {
+            std::io::ErrorKind::InvalidData => {
                 OpenError::NotDriftless { path: path.to_path_buf(), reason: source.to_string() }
-            } else {
-                OpenError::Io { path: path.to_path_buf(), source }
             }
-        }
+            // A file cut short inside redb's header: damaged, not an I/O failure.
+            std::io::ErrorKind::UnexpectedEof => OpenError::Corrupted {
+                path: path.to_path_buf(),
+                reason: format!("the file ends inside its header ({source})"),
+            },
+            _ => OpenError::Io { path: path.to_path_buf(), source },
+        },
         other => OpenError::Storage(StorageFailure::new(other)),
     }
 }
@@ -305,6 +309,7 @@ fn initialise(db: &Database, path: &Path) -> Result<(), OpenError> {
         txn.open_table(HANDLERS)?;
         txn.open_table(READ_MODELS)?;
         txn.open_table(EVENT_INDEX)?;
+        txn.open_table(EVENT_IDS)?;
         txn.open_table(JOURNAL)?;
         txn.open_table(JOURNAL_BY_AGGREGATE)?;
         txn.open_table(DEAD_LETTERS)?;
