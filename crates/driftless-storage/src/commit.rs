@@ -15,7 +15,7 @@ use driftless_domain::{
 };
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// What happened to one event for one handler.
@@ -85,19 +85,15 @@ enum Mode {
     Live,
     /// Entries read back from the journal (catch-up, rebuild): positions are known.
     Replay,
-    /// A dead-letter retry of one handler.
-    Retry,
 }
 
+/// A [`JournalEntry`] written from borrowed parts (same fields, same encoding).
 #[derive(Serialize)]
 struct JournalEntryRef<'a> {
     position: u64,
-    event_id: &'a str,
     aggregate_id: &'a str,
-    event_name: &'a str,
     occurred_at: Timestamp,
     accepted_at: Timestamp,
-    hash: [u8; 32],
     body: &'a [u8],
 }
 
@@ -125,6 +121,8 @@ struct Batch<'t, 'r, E> {
     reg: &'r Registry<E>,
     subset: Vec<usize>,
     records: Vec<HandlerRecord>,
+    original_records: Vec<HandlerRecord>,
+    wrote: bool,
     start_head: u64,
     head: u64,
     now: Timestamp,
@@ -141,6 +139,7 @@ struct Batch<'t, 'r, E> {
     index_overlay: BTreeMap<Vec<u8>, Option<IndexRow>>,
     ids_overlay: BTreeMap<String, u64>,
     dead_overlay: BTreeMap<(String, String), Option<DeadLetter>>,
+    dead_filter: Option<Option<HashSet<u64>>>,
     ws: WriteSet,
     scratch: Vec<u8>,
 }
@@ -201,7 +200,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             store,
             reg,
             subset,
+            original_records: records.clone(),
             records,
+            wrote: false,
             start_head: head,
             head,
             now,
@@ -218,6 +219,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             index_overlay: BTreeMap::new(),
             ids_overlay: BTreeMap::new(),
             dead_overlay: BTreeMap::new(),
+            dead_filter: None,
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
         })
@@ -285,7 +287,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 Some(self.head)
             }
             Mode::Live => None,
-            Mode::Replay | Mode::Retry => Some(known_position),
+            Mode::Replay => Some(known_position),
         };
         let mut outcomes = Vec::with_capacity(self.subset.len());
         let mut changed = false;
@@ -295,14 +297,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             let deferred = match self.mode {
                 Mode::Live => rec.paused || rec.seen < self.start_head,
                 Mode::Replay => known_position <= rec.seen,
-                Mode::Retry => false,
             };
             // A handler that already applied the event skips it as a duplicate, paused or
             // not: it does not need it from the journal later.
             if row.as_ref().is_some_and(|r| r.has(h.slot)) {
-                if self.mode == Mode::Retry {
-                    self.clear_dead_letter(k, i, id)?;
-                }
                 outcomes.push((i, HandlerOutcome::Duplicate));
                 continue;
             }
@@ -404,12 +402,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         let Some(journal) = self.journal.as_mut() else { return Ok(()) };
         let entry = JournalEntryRef {
             position,
-            event_id: ev.id.as_str(),
             aggregate_id: ev.event.aggregate_id(),
-            event_name: ev.event.event_name(),
             occurred_at: ev.event.occurred_at(),
             accepted_at: self.now,
-            hash: ev.hash.0,
             body: &ev.encoded,
         };
         self.scratch.clear();
@@ -424,6 +419,15 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             return Ok(());
         }
         let name = h.name.as_str();
+        if self.dead_filter.is_none() {
+            self.dead_filter = Some(self.build_dead_filter()?);
+        }
+        if let Some(Some(filter)) = &self.dead_filter {
+            let in_overlay = self.dead_overlay.keys().any(|(hn, i)| hn == name && i == id);
+            if !in_overlay && !filter.contains(&dead_key_hash(name, id)) {
+                return Ok(());
+            }
+        }
         let exists = match self.dead_overlay.iter().find(|((hn, i), _)| hn == name && i == id) {
             Some((_, d)) => d.is_some(),
             None => self.dead.get((name, id)).map_err(|e| self.store.fail(e))?.is_some(),
@@ -435,6 +439,22 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             }
         }
         Ok(())
+    }
+
+    /// Hashes of every stored dead letter's key, so that applying an event rarely needs a
+    /// lookup to learn it has no dead letter to clear. `None` when there are too many.
+    fn build_dead_filter(&self) -> Result<Option<HashSet<u64>>, CommitError> {
+        let total: u64 = self.records.iter().map(|r| r.dead_letters).sum();
+        if total > DEAD_FILTER_MAX {
+            return Ok(None);
+        }
+        let mut filter = HashSet::with_capacity(usize::try_from(total).unwrap_or(0));
+        for item in self.dead.iter().map_err(|e| self.store.fail(e))? {
+            let (k, _) = item.map_err(|e| self.store.fail(e))?;
+            let (h, i) = k.value();
+            filter.insert(dead_key_hash(h, i));
+        }
+        Ok(Some(filter))
     }
 
     fn record_dead_letter(
@@ -482,6 +502,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     /// transaction, in key order.
     fn flush(&mut self) -> Result<(), CommitError> {
         let store = self.store;
+        self.wrote |= !self.ws.is_empty()
+            || !self.index_overlay.is_empty()
+            || !self.ids_overlay.is_empty()
+            || !self.dead_overlay.is_empty();
         for (slot, rows) in self.ws.take().into_iter().enumerate() {
             let Some(Some(table)) = self.rm.get_mut(slot) else { continue };
             for (key, write) in rows {
@@ -526,7 +550,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     }
 
     /// Flushes and records handler progress and the journal head.
-    fn finish(mut self) -> Result<(), CommitError> {
+    /// Flushes and records handler progress and the journal head. Returns whether the
+    /// transaction changed anything (a batch of duplicates does not, and need not be
+    /// committed).
+    fn finish(mut self) -> Result<bool, CommitError> {
         self.flush()?;
         let store = self.store;
         for (k, &i) in self.subset.iter().enumerate() {
@@ -534,6 +561,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             if self.mode == Mode::Live && !rec.paused && rec.seen >= self.start_head {
                 rec.seen = self.head;
             }
+            if self.original_records.get(k) == Some(rec) {
+                continue;
+            }
+            self.wrote = true;
             let bytes = codec::encode(rec)?;
             self.handlers_t.insert(h.name.as_str(), bytes.as_slice()).map_err(|e| store.fail(e))?;
         }
@@ -550,10 +581,23 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                     self.meta.insert(META_AGGREGATES_INDEXED, bytes.as_slice()).map_err(|e| store.fail(e))?;
                 }
             }
+            self.wrote = true;
         }
-        Ok(())
+        Ok(self.wrote)
     }
 }
+
+/// The most dead letters for which a batch keeps a filter of key hashes.
+const DEAD_FILTER_MAX: u64 = 200_000;
+
+fn dead_key_hash(handler: &str, id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    DEAD_FILTER_HASHER.hash_one((handler, id))
+}
+
+/// A fixed hasher: the filter lives for one batch, so its keys need no secret seed.
+const DEAD_FILTER_HASHER: std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher> =
+    std::hash::BuildHasherDefault::new();
 
 fn summarize(outcomes: &[(usize, HandlerOutcome)]) -> EventOutcome {
     let any = |f: fn(&HandlerOutcome) -> bool| outcomes.iter().any(|(_, o)| f(o));
@@ -597,8 +641,6 @@ pub(crate) const AGGREGATE_FILING_BULK: u64 = 16_384;
 #[derive(serde::Deserialize)]
 struct JournalHead {
     position: u64,
-    #[allow(dead_code, reason = "decoded only to reach the next field")]
-    event_id: String,
     aggregate_id: String,
 }
 
@@ -675,8 +717,11 @@ impl Store {
         for ev in events {
             reports.push(batch.process(ev, 0)?);
         }
-        batch.finish()?;
-        self.commit(txn)?;
+        if batch.finish()? {
+            self.commit(txn)?;
+        } else {
+            txn.abort().map_err(|e| self.fail(e))?;
+        }
         Ok(BatchReport { events: reports, committed_at: now })
     }
 
@@ -733,8 +778,11 @@ impl Store {
         }
     }
 
-    /// Retries a dead letter of one handler: applies the stored event again for that handler
-    /// only. Success (or finding it already applied) removes the dead letter.
+    /// Retries a dead letter: delivers the stored event again, as a new delivery. Handlers
+    /// that applied it skip it as a duplicate; the others (the dead letter's handler among
+    /// them) try it again, and success removes their dead letters. Like any delivery that
+    /// some handler still needs, it is journaled, so a later rebuild or catch-up replays the
+    /// retry too and does not undo it.
     ///
     /// # Errors
     /// [`CommitError`] as for [`Store::project`]; `Ok(None)` when there is no such dead
@@ -750,12 +798,7 @@ impl Store {
             reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
         let Some(letter) = self.dead_letter(h.name.as_str(), event_id)? else { return Ok(None) };
         let ev = PreparedEvent::<E>::from_encoded(letter.body)?;
-        let txn = self.begin_write()?;
-        let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Retry, now, false)?;
-        let report = batch.process(&ev, letter.position)?;
-        batch.finish()?;
-        self.commit(txn)?;
-        Ok(Some(report))
+        Ok(self.project(reg, std::slice::from_ref(&ev), now)?.events.pop())
     }
 
     /// Rebuilds one handler's read models from the journal without downtime: the handler's

@@ -57,7 +57,7 @@ mod store;
 
 pub use commit::{BatchReport, EventOutcome, EventReport, HandlerOutcome, ReplayReport};
 pub use error::{CommitError, OpenError, Poisoned, ReadError, RegisterError, StorageFailure};
-pub use read::{ReadAnswer, ReadRepository, TableFigures, ValueScan};
+pub use read::{RawRow, ReadAnswer, ReadRepository, TableFigures, ValueScan};
 pub use registry::{RegisteredHandler, Registry};
 pub use schema::{
     DeadLetter, HandlerRecord, JournalEntry, KillSwitch, ReadModelKind, ReadModelRecord, FORMAT_VERSION,

@@ -137,6 +137,9 @@ impl<K: ViewKey, V: ViewValue> ReadRepository<K, V> {
     }
 }
 
+/// One stored row: its key bytes and its value envelope.
+pub type RawRow = (Vec<u8>, Vec<u8>);
+
 /// Per-table storage figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TableFigures {
@@ -207,7 +210,7 @@ impl Store {
     ///
     /// # Errors
     /// [`ReadError::Storage`] when storage fails.
-    pub fn raw_rows(&self, read_model: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ReadError> {
+    pub fn raw_rows(&self, read_model: &str) -> Result<Vec<RawRow>, ReadError> {
         let txn = self.db.begin_read()?;
         let name = physical(read_model);
         let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
@@ -466,8 +469,8 @@ impl Store {
     }
 
     /// Engages (`Some`) or releases (`None`) the kill switch of a read model. With
-    /// `pause_projection`, the owning handler stops projecting until it is released (and
-    /// then catches up from the journal). The state is persisted.
+    /// `pause_projection`, the owning handler stops projecting while any of its tables has
+    /// such a switch engaged (and then catches up from the journal). The state is persisted.
     ///
     /// # Errors
     /// [`CommitError::UnknownReadModel`]; [`CommitError::NoJournal`] when pausing without a
@@ -492,7 +495,15 @@ impl Store {
                     None => None,
                 };
             if let Some(mut h) = owner {
-                h.paused = switch.is_some_and(|s| s.pause_projection);
+                // The handler pauses while any of its tables has a pausing switch engaged.
+                let mut paused = switch.is_some_and(|s| s.pause_projection);
+                for table in h.tables.iter().filter(|t| t.as_str() != read_model) {
+                    if let Some(b) = rm.get(table.as_str()).map_err(|e| self.fail(e))? {
+                        let other: ReadModelRecord = codec::decode(b.value())?;
+                        paused |= other.kill_switch.is_some_and(|s| s.pause_projection);
+                    }
+                }
+                h.paused = paused;
                 handlers
                     .insert(rec.owner.as_str(), codec::encode(&h)?.as_slice())
                     .map_err(|e| self.fail(e))?;
@@ -536,21 +547,29 @@ impl Store {
     ) -> Result<R, CommitError> {
         let key = format!("x/{key}");
         let txn = self.begin_write()?;
-        let result = {
+        let (result, changed) = {
             let mut meta = txn.open_table(META).map_err(|e| self.fail(e))?;
-            let current: Option<T> = match meta.get(key.as_str()).map_err(|e| self.fail(e))? {
-                Some(b) => Some(codec::decode(b.value())?),
-                None => None,
-            };
+            let stored: Option<Vec<u8>> =
+                meta.get(key.as_str()).map_err(|e| self.fail(e))?.map(|b| b.value().to_vec());
+            let current: Option<T> = stored.as_deref().map(codec::decode).transpose()?;
             let (next, result) = update(current);
-            match next {
-                Some(v) => meta.insert(key.as_str(), codec::encode(&v)?.as_slice()).map(drop),
-                None => meta.remove(key.as_str()).map(drop),
+            let next = next.map(|v| codec::encode(&v)).transpose()?;
+            let changed = next != stored;
+            if changed {
+                match &next {
+                    Some(v) => meta.insert(key.as_str(), v.as_slice()).map(drop),
+                    None => meta.remove(key.as_str()).map(drop),
+                }
+                .map_err(|e| self.fail(e))?;
             }
-            .map_err(|e| self.fail(e))?;
-            result
+            (result, changed)
         };
-        self.commit(txn)?;
+        // An update that changes nothing is not committed (and costs no sync).
+        if changed {
+            self.commit(txn)?;
+        } else {
+            txn.abort().map_err(|e| self.fail(e))?;
+        }
         Ok(result)
     }
 

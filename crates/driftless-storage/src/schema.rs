@@ -153,22 +153,20 @@ fn bit_of(slot: u32) -> (usize, u8) {
 }
 
 /// One accepted delivery, in dispatch order.
+///
+/// The body is the event's stable encoding, which holds its id, name and time; the entry
+/// repeats only what storage needs without knowing the event type. The payload hash is
+/// blake3 of the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
     /// The global position (1, 2, 3, ...).
     pub position: u64,
-    /// The event id.
-    pub event_id: String,
     /// The aggregate id.
     pub aggregate_id: String,
-    /// The event name.
-    pub event_name: String,
     /// When it happened.
     pub occurred_at: Timestamp,
     /// When it was accepted.
     pub accepted_at: Timestamp,
-    /// blake3 of `body`.
-    pub hash: [u8; 32],
     /// The event's stable encoding.
     pub body: Vec<u8>,
 }

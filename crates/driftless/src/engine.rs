@@ -26,6 +26,12 @@ pub enum WhenFull {
     Fail,
 }
 
+/// The default page-cache size: 64 MiB. The offset index and the journal are appended to
+/// at their ends and read-model rows are written once per batch, so the pages a commit
+/// touches stay few and hot; redb's own default (1 GiB) would let a long ingest grow the
+/// process far beyond what an embedded library should take.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// Settings of an engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -47,7 +53,11 @@ pub struct EngineOptions {
     pub kill_switch_pauses_projection: bool,
     /// How often the view thread refreshes every materialized view (`None`: on demand only).
     pub view_refresh_interval: Option<Duration>,
-    /// redb page-cache size in bytes (`None`: redb's default).
+    /// Whether a read model demoted by reconciliation has its kill switch engaged, so that
+    /// readers go to the source of truth until it is rebuilt.
+    pub demotion_engages_kill_switch: bool,
+    /// redb page-cache size in bytes (`None`: redb's default of 1 GiB); default
+    /// [`DEFAULT_CACHE_BYTES`].
     pub cache_bytes: Option<usize>,
 }
 
@@ -62,7 +72,8 @@ impl Default for EngineOptions {
             journal: true,
             kill_switch_pauses_projection: false,
             view_refresh_interval: None,
-            cache_bytes: None,
+            cache_bytes: Some(DEFAULT_CACHE_BYTES),
+            demotion_engages_kill_switch: true,
         }
     }
 }
@@ -203,16 +214,13 @@ impl<E: Event> EngineBuilder<E> {
                 let s = Arc::clone(&shared);
                 let handle = std::thread::Builder::new()
                     .name("driftless-views".into())
-                    .spawn(move || loop {
-                        match stop_rx.recv_timeout(every) {
-                            Err(RecvTimeoutError::Timeout) => {
-                                for v in &s.views {
-                                    if let Err(e) = s.refresh(v.as_ref()) {
-                                        tracing::warn!(error = %e, "scheduled view refresh failed");
-                                    }
+                    .spawn(move || {
+                        while let Err(RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                            for v in &s.views {
+                                if let Err(e) = s.refresh(v.as_ref()) {
+                                    tracing::warn!(error = %e, "scheduled view refresh failed");
                                 }
                             }
-                            _ => break,
                         }
                     })
                     .map_err(|source| BuildError::Thread { name: "driftless-views", source })?;
@@ -246,6 +254,9 @@ impl<E: Event> Shared<E> {
 
 type Reply<T> = Sender<T>;
 
+/// Where the writer sends the reports of one dispatch message.
+type EventsReply = Reply<Result<Vec<EventReport>, NotCommitted>>;
+
 enum Command {
     Rebuild(usize),
     Retry { handler: usize, event_id: String },
@@ -259,7 +270,7 @@ enum CommandOutput {
 }
 
 enum Msg<E> {
-    Events { events: Vec<PreparedEvent<E>>, reply: Reply<Result<Vec<EventReport>, NotCommitted>> },
+    Events { events: Vec<PreparedEvent<E>>, reply: EventsReply },
     Flush(Reply<()>),
     Command(Command, Reply<Result<CommandOutput, EngineError>>),
 }
@@ -438,7 +449,10 @@ impl<E: Event> Engine<E> {
     /// [`EngineError::ShutDown`] when the writer is gone.
     pub fn flush(&self) -> Result<(), EngineError> {
         let (reply, rx) = bounded(1);
-        self.send(Msg::Flush(reply)).map_err(dispatch_to_engine)?;
+        // A flush is a wait by nature: it waits for room even with `WhenFull::Fail`, rather
+        // than failing (as a shutdown) on a full queue.
+        let tx = self.sender().map_err(dispatch_to_engine)?;
+        tx.send(Msg::Flush(reply)).map_err(|_| EngineError::ShutDown)?;
         rx.recv().map_err(|_| EngineError::ShutDown)
     }
 
@@ -499,12 +513,43 @@ impl<E: Event> Engine<E> {
     ///
     /// # Errors
     /// [`EngineError::UnknownHandler`]; storage errors.
+    ///
+    /// Each rebuilt read model's reconciliation health restarts: a demoted one goes back to
+    /// shadow, where it must earn promotion again.
     pub fn rebuild(&self, handler: &str) -> Result<ReplayReport, EngineError> {
         let i = self.handler_index(handler)?;
-        match self.command(Command::Rebuild(i))? {
-            CommandOutput::Rebuilt(r) => Ok(r),
-            _ => Err(EngineError::ShutDown),
+        let report = match self.command(Command::Rebuild(i))? {
+            CommandOutput::Rebuilt(r) => r,
+            _ => return Err(EngineError::ShutDown),
+        };
+        if let Some(h) = self.shared.registry.handlers().get(i) {
+            for table in h.table_names() {
+                driftless_reconciler::record_rebuild(&self.shared.store, table)?;
+            }
         }
+        Ok(report)
+    }
+
+    /// A reconciliation harness builder for this engine's database and clock. A demoted
+    /// read model engages its kill switch when [`EngineOptions::demotion_engages_kill_switch`]
+    /// is set (the default). Add reconcilers, then `build` it.
+    pub fn reconciliation(&self) -> driftless_reconciler::HarnessBuilder {
+        let builder = driftless_reconciler::ReconcileHarness::builder(
+            Arc::clone(&self.shared.store),
+            Arc::clone(&self.shared.clock),
+        );
+        if !self.shared.options.demotion_engages_kill_switch {
+            return builder;
+        }
+        let store = Arc::clone(&self.shared.store);
+        let clock = Arc::clone(&self.shared.clock);
+        builder.on_demote(Arc::new(move |read_model: &str| {
+            let switch = KillSwitch { engaged_at: clock.now(), pause_projection: false };
+            match store.set_kill_switch(read_model, Some(switch)) {
+                Ok(()) => tracing::warn!(read_model, "demoted: kill switch engaged, read the source of truth"),
+                Err(e) => tracing::error!(read_model, error = %e, "demoted, but the kill switch could not be engaged"),
+            }
+        }))
     }
 
     /// Dead letters, of one handler or all.
@@ -515,7 +560,9 @@ impl<E: Event> Engine<E> {
         Ok(self.shared.store.dead_letters(handler)?)
     }
 
-    /// Retries one dead letter; `None` when there is no such dead letter.
+    /// Retries a dead letter by delivering its event again; `None` when there is no such
+    /// dead letter. Every handler that has not applied the event tries it (see
+    /// [`Store::retry_dead_letter`]); the retry is journaled like any delivery.
     ///
     /// # Errors
     /// [`EngineError::UnknownHandler`]; storage errors.
@@ -531,22 +578,25 @@ impl<E: Event> Engine<E> {
         }
     }
 
-    /// Retries every dead letter (of one handler or all), in (handler, event id) order.
-    /// Returns how many were retried and how many of them are now applied.
+    /// Retries every dead-lettered event (of one handler, or of all) once, in event-id
+    /// order. Returns how many events were retried and how many of them are now applied.
     ///
     /// # Errors
     /// As [`Engine::retry_dead_letter`].
     pub fn retry_dead_letters(&self, handler: Option<&str>) -> Result<(usize, usize), EngineError> {
-        let letters = self.dead_letters(handler)?;
+        let mut events: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        for d in self.dead_letters(handler)? {
+            events.entry(d.event_id).or_insert(d.handler);
+        }
         let mut fixed = 0;
-        for d in &letters {
-            if let Some(r) = self.retry_dead_letter(&d.handler, &d.event_id)? {
-                if !matches!(r.outcome, EventOutcome::Rejected { .. }) {
+        for (event_id, handler) in &events {
+            if let Some(r) = self.retry_dead_letter(handler, event_id)? {
+                if matches!(r.outcome, EventOutcome::Applied) {
                     fixed += 1;
                 }
             }
         }
-        Ok((letters.len(), fixed))
+        Ok((events.len(), fixed))
     }
 
     /// Discards a dead letter without applying it; returns whether it existed.
@@ -786,10 +836,7 @@ fn startup<E: Event>(shared: &Shared<E>) {
     }
 }
 
-fn commit_group<E: Event>(
-    shared: &Shared<E>,
-    group: Vec<(Vec<PreparedEvent<E>>, Reply<Result<Vec<EventReport>, NotCommitted>>)>,
-) {
+fn commit_group<E: Event>(shared: &Shared<E>, group: Vec<(Vec<PreparedEvent<E>>, EventsReply)>) {
     if let Some(p) = shared.store.poisoned() {
         for (_, reply) in group {
             let _ = reply.send(Err(NotCommitted::CommitFailed(p.first_failure.clone())));
@@ -884,8 +931,15 @@ fn run_command<E: Event>(shared: &Shared<E>, cmd: Command) -> Result<CommandOutp
                 engaged_at: now(),
                 pause_projection: shared.options.kill_switch_pauses_projection,
             });
-            shared.store.set_kill_switch(&read_model, switch)?;
             if !engage {
+                // Catch up while the switch still sends readers to the source of truth, so
+                // that nobody reads the stale table between the release and the catch-up.
+                if let Some(current) = shared.store.kill_switch(&read_model)? {
+                    if current.pause_projection {
+                        let unpaused = KillSwitch { pause_projection: false, ..current };
+                        shared.store.set_kill_switch(&read_model, Some(unpaused))?;
+                    }
+                }
                 if let Some(i) = shared
                     .registry
                     .owner_of(&read_model)
@@ -894,6 +948,7 @@ fn run_command<E: Event>(shared: &Shared<E>, cmd: Command) -> Result<CommandOutp
                     shared.store.catch_up(&shared.registry, i, &now)?;
                 }
             }
+            shared.store.set_kill_switch(&read_model, switch)?;
             tracing::info!(%read_model, engaged = engage, "kill switch changed");
             Ok(CommandOutput::Done)
         }

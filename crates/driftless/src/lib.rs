@@ -97,6 +97,13 @@ mod engine;
 mod error;
 mod view;
 
+/// Reconciliation: the reconciler port, the harness, the refold reconciler and the policy
+/// (sampling, drift, cadences, promotion). Build a harness with [`Engine::reconciliation`].
+pub mod reconcile {
+    pub use driftless_domain::reconcile::*;
+    pub use driftless_reconciler::*;
+}
+
 pub use engine::{BatchReceipt, Engine, EngineBuilder, EngineOptions, Freshness, Receipt, WhenFull};
 pub use error::{BuildError, DispatchError, EngineError, NotCommitted};
 pub use view::{MaterializedView, View, ViewSource};

@@ -1,7 +1,7 @@
 //! Materialized views: read models rebuilt from a source by a refresh function.
 
 use driftless_domain::{codec, TableDef, TableId, ViewKey, ViewValue};
-use driftless_storage::{JournalEntry, ReadAnswer, ReadRepository, Store};
+use driftless_storage::{JournalEntry, RawRow, ReadAnswer, ReadRepository, Store};
 
 /// What a refresh function may read: other read models and the journal.
 pub struct ViewSource<'a> {
@@ -50,7 +50,7 @@ pub trait MaterializedView: Send + Sync + 'static {
     ///
     /// # Errors
     /// A text error; the view keeps its previous rows.
-    fn refresh(&self, source: &ViewSource<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String>;
+    fn refresh(&self, source: &ViewSource<'_>) -> Result<Vec<RawRow>, String>;
 }
 
 /// A typed materialized view: a table and a refresh function over a [`ViewSource`].
@@ -77,7 +77,7 @@ where
         self.def.id()
     }
 
-    fn refresh(&self, source: &ViewSource<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    fn refresh(&self, source: &ViewSource<'_>) -> Result<Vec<RawRow>, String> {
         let rows = (self.refresh)(source)?;
         rows.into_iter()
             .map(|(k, v)| Ok((k.to_key_bytes(), codec::encode(&v).map_err(|e| e.to_string())?)))

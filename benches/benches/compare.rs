@@ -1,0 +1,326 @@
+//! Prints driftless side by side with the hand-written baselines, all measured in one run.
+//!
+//! ```text
+//! cargo bench -p driftless-benches --bench compare
+//! ```
+//!
+//! Environment: `DRIFTLESS_BENCH_EVENTS` (default 200,000 events over events/20 listings),
+//! `DRIFTLESS_BENCH_RUNS` (default 3; every figure is the median of the runs),
+//! `DRIFTLESS_BENCH_RSS_EVENTS` (default 2,000,000; 0 skips the memory run).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use driftless::ReadAnswer;
+use driftless_benches::{
+    driftless_ingest, open_engine, peak_rss_bytes, workload, Error, RedbBaseline, SqliteBaseline,
+};
+use driftless_listings::{ListingEvent, LISTING_CARD};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn timed(n: usize, f: impl FnOnce() -> Result<(), Error>) -> Result<f64, Error> {
+    let t = Instant::now();
+    f()?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+struct Row {
+    case: String,
+    a: Option<f64>,
+    b: Option<f64>,
+    d: f64,
+    unit: &'static str,
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "\n{:<46} {:>12} {:>12} {:>12} {:>7} {:>7}  unit",
+        "case", "A redb", "B sqlite", "driftless", "vs A", "vs B"
+    );
+    for r in rows {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        let ratio = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}x", r.d / v));
+        println!(
+            "{:<46} {:>12} {:>12} {:>12.0} {:>7} {:>7}  {}",
+            r.case,
+            f(r.a),
+            f(r.b),
+            r.d,
+            ratio(r.a),
+            ratio(r.b),
+            r.unit
+        );
+    }
+}
+
+fn ingest_row(stream: &[ListingEvent], batch: usize, runs: usize) -> Result<Row, Error> {
+    let n = stream.len();
+    let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
+        a.push(timed(n, || base.ingest(stream, batch))?);
+        drop(base);
+        let mut sq = SqliteBaseline::create(&dir.path().join("b.sqlite"))?;
+        b.push(timed(n, || sq.ingest(stream, batch))?);
+        drop(sq);
+        let engine = open_engine(&dir.path().join("d.redb"), batch)?;
+        d.push(timed(n, || driftless_ingest(&engine, stream, batch))?);
+        engine.shutdown()?;
+    }
+    Ok(Row {
+        case: format!("ingest, {batch} events/commit ({n} events)"),
+        a: Some(median(a)),
+        b: Some(median(b)),
+        d: median(d),
+        unit: "events/s",
+    })
+}
+
+fn redelivery_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
+    let n = stream.len();
+    let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    let dir = tempfile::tempdir()?;
+    let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
+    base.ingest(stream, 1000)?;
+    let mut sq = SqliteBaseline::create(&dir.path().join("b.sqlite"))?;
+    sq.ingest(stream, 1000)?;
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    driftless_ingest(&engine, stream, 1000)?;
+    for _ in 0..runs {
+        a.push(timed(n, || base.ingest(stream, 1000))?);
+        b.push(timed(n, || sq.ingest(stream, 1000))?);
+        d.push(timed(n, || driftless_ingest(&engine, stream, 1000))?);
+    }
+    engine.shutdown()?;
+    Ok(Row {
+        case: format!("re-delivery of every event ({n} events)"),
+        a: Some(median(a)),
+        b: Some(median(b)),
+        d: median(d),
+        unit: "events/s",
+    })
+}
+
+fn reads_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
+    let dir = tempfile::tempdir()?;
+    let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
+    base.ingest(stream, 1000)?;
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    driftless_ingest(&engine, stream, 1000)?;
+    let mut keys: Vec<String> = stream.iter().map(|e| e.aggregate_id.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    let lookups: Vec<&String> = (0..200_000).map(|i| &keys[(i * 7919) % keys.len()]).collect();
+    let (mut a, mut d) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let reader = base.reader()?;
+        a.push(timed(lookups.len(), || {
+            for k in &lookups {
+                std::hint::black_box(reader.get(k).unwrap());
+            }
+            Ok(())
+        })?);
+        let ReadAnswer::Ready(repo) = engine.read(&LISTING_CARD)? else { panic!("switched off") };
+        d.push(timed(lookups.len(), || {
+            for k in &lookups {
+                std::hint::black_box(repo.get(k)?.unwrap());
+            }
+            Ok(())
+        })?);
+    }
+    engine.shutdown()?;
+    Ok(Row {
+        case: format!("point reads of listing_card ({} reads)", lookups.len()),
+        a: Some(median(a)),
+        b: None,
+        d: median(d),
+        unit: "reads/s",
+    })
+}
+
+/// 8 producer threads, each keeping up to `window` receipts in flight and waiting for every
+/// one of them. Returns (events/s, p50 ms, p99 ms) of dispatch-to-commit latency.
+fn concurrent(stream: &[ListingEvent], window: usize) -> Result<(f64, f64, f64), Error> {
+    const THREADS: usize = 8;
+    let dir = tempfile::tempdir()?;
+    let engine = Arc::new(open_engine(&dir.path().join("d.redb"), 1000)?);
+    // Partition by aggregate so that each listing's events stay in order.
+    let mut parts: Vec<Vec<ListingEvent>> = vec![Vec::new(); THREADS];
+    for e in stream {
+        let h = e.aggregate_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        parts[h % THREADS].push(e.clone());
+    }
+    let t = Instant::now();
+    let handles: Vec<_> = parts
+        .into_iter()
+        .map(|part| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || -> Vec<Duration> {
+                let mut lat = Vec::with_capacity(part.len());
+                let mut inflight = std::collections::VecDeque::new();
+                for e in part {
+                    if inflight.len() >= window {
+                        let (at, r): (Instant, driftless::Receipt) = inflight.pop_front().unwrap();
+                        r.wait().unwrap();
+                        lat.push(at.elapsed());
+                    }
+                    inflight.push_back((Instant::now(), engine.dispatch(e).unwrap()));
+                }
+                for (at, r) in inflight {
+                    r.wait().unwrap();
+                    lat.push(at.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let rate = stream.len() as f64 / t.elapsed().as_secs_f64();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    let out = (rate, p(0.5), p(0.99));
+    Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.shutdown()?;
+    Ok(out)
+}
+
+fn rebuild_rate(stream: &[ListingEvent], runs: usize) -> Result<f64, Error> {
+    let dir = tempfile::tempdir()?;
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    driftless_ingest(&engine, stream, 1000)?;
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        v.push(timed(stream.len(), || {
+            engine.rebuild("listing_card")?;
+            Ok(())
+        })?);
+    }
+    engine.shutdown()?;
+    Ok(median(v))
+}
+
+fn disk_figures(stream: &[ListingEvent]) -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
+    base.ingest(stream, 1000)?;
+    drop(base);
+    let mut sq = SqliteBaseline::create(&dir.path().join("b.sqlite"))?;
+    sq.ingest(stream, 1000)?;
+    drop(sq);
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    driftless_ingest(&engine, stream, 1000)?;
+    let figures = engine.store().table_figures()?;
+    engine.shutdown()?;
+    let n = stream.len() as f64;
+    println!("\ndisk bytes per applied event ({} events)", stream.len());
+    println!(
+        "  whole file: A redb {:.0}, B sqlite {:.0} (+wal), driftless {:.0}",
+        size(&dir.path().join("a.redb")) as f64 / n,
+        (size(&dir.path().join("b.sqlite")) + size(&dir.path().join("b.sqlite-wal"))) as f64 / n,
+        size(&dir.path().join("d.redb")) as f64 / n
+    );
+    println!("  {:<40} {:>10} {:>14} {:>14}", "driftless table", "rows", "stored B/event", "meta B/event");
+    for f in figures {
+        println!(
+            "  {:<40} {:>10} {:>14.1} {:>14.1}",
+            f.table,
+            f.entries,
+            f.stored_bytes as f64 / n,
+            f.metadata_bytes as f64 / n
+        );
+    }
+    Ok(())
+}
+
+fn rss_child(events: usize) -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    let listings = (events / 20).max(100);
+    // Generate and dispatch in slices so that the stream itself is not what is measured.
+    let slice = 100_000usize;
+    let mut done = 0;
+    let mut seed = 1u64;
+    while done < events {
+        let n = slice.min(events - done);
+        let part = workload(n, listings / (events / slice).max(1), seed);
+        let part: Vec<ListingEvent> = part
+            .into_iter()
+            .map(|mut e| {
+                e.aggregate_id = format!("s{seed}-{}", e.aggregate_id);
+                e.event_id = format!("{}:{}:{}", e.aggregate_id, e.occurred_at, e.kind.name());
+                e
+            })
+            .collect();
+        driftless_ingest(&engine, &part, 1000)?;
+        done += n;
+        seed += 1;
+    }
+    engine.shutdown()?;
+    println!("RSS {}", peak_rss_bytes().unwrap_or(0));
+    Ok(())
+}
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return Ok(());
+    }
+    if let Some(i) = args.iter().position(|a| a == "--rss-child") {
+        let n = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
+        return rss_child(n);
+    }
+    let events = env("DRIFTLESS_BENCH_EVENTS", 200_000);
+    let runs = env("DRIFTLESS_BENCH_RUNS", 3).max(1);
+    let rss_events = env("DRIFTLESS_BENCH_RSS_EVENTS", 2_000_000);
+    let listings = (events / 20).max(100);
+    let started = Instant::now();
+    let stream = workload(events, listings, 7);
+    println!(
+        "workload: {events} events over {listings} listings; each figure is the median of {runs} runs, all in this one process"
+    );
+    let mut rows = Vec::new();
+    rows.push(ingest_row(&stream[..2_000.min(events)], 1, runs)?);
+    for batch in [100usize, 1_000, 10_000] {
+        rows.push(ingest_row(&stream, batch, runs)?);
+    }
+    rows.push(redelivery_row(&stream, runs)?);
+    rows.push(reads_row(&stream, runs)?);
+    print_rows(&rows);
+
+    println!("\ndriftless only");
+    for window in [1usize, 64] {
+        let (rate, p50, p99) =
+            concurrent(&stream[..stream.len().min(if window == 1 { 20_000 } else { events })], window)?;
+        println!(
+            "  8 producers, {window:>3} receipts in flight each: {rate:>10.0} events/s, dispatch-to-commit p50 {p50:.2} ms, p99 {p99:.2} ms"
+        );
+    }
+    println!("  rebuild of listing_card from the journal: {:>10.0} events/s", rebuild_rate(&stream, runs)?);
+    disk_figures(&stream)?;
+    if rss_events > 0 {
+        let exe = std::env::current_exe()?;
+        let out = std::process::Command::new(exe).args(["--rss-child", &rss_events.to_string()]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rss: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("RSS "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        println!(
+            "\npeak RSS while ingesting {rss_events} events (1,000 per commit, separate process): {:.1} MiB",
+            rss as f64 / (1024.0 * 1024.0)
+        );
+    }
+    println!("\ntotal bench time: {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! Shared workload and the two hand-written baselines that driftless is measured against.
+//!
+//! Baseline A is the projection loop a user would write on redb; baseline B the same loop
+//! on SQLite (WAL, `synchronous=FULL`). Both run the two sample projectors
+//! (`listing_card` and `district_stats`) with the same business rules as driftless, keep a
+//! `(handler, event id)` offset per projector, and encode rows with bincode.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use driftless_listings::{
+    decide, DistrictStats, Effect, ListingCard, ListingEvent, ListingMembership, ListingStatus,
+};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The listing stream: `events` events over `listings` listings, default ids, no
+/// re-deliveries, conflicts or invalid lines.
+#[must_use]
+pub fn workload(events: usize, listings: usize, seed: u64) -> Vec<ListingEvent> {
+    driftless_listings::generate_events(driftless_listings::GenConfig {
+        events,
+        listings,
+        districts: 24,
+        seed,
+        redeliveries: 0.0,
+        conflicts: 0,
+        invalid_lines: 0,
+    })
+}
+
+const HANDLERS: [&str; 2] = ["listing_card", "district_stats"];
+
+fn bincode_cfg() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode_cfg()).unwrap()
+}
+
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> T {
+    bincode::serde::decode_from_slice(b, bincode_cfg()).unwrap().0
+}
+
+fn payload_hash(e: &ListingEvent) -> [u8; 32] {
+    *blake3_hash(&enc(e)).as_bytes()
+}
+
+fn blake3_hash(b: &[u8]) -> driftless::PayloadHash {
+    driftless::PayloadHash::of_bytes(b)
+}
+
+trait Blake3Bytes {
+    fn as_bytes(&self) -> &[u8; 32];
+}
+impl Blake3Bytes for driftless::PayloadHash {
+    fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// What a baseline's storage needs to offer: get/put of rows and offsets inside a batch.
+trait Rows {
+    fn offset_absent_then_insert(&mut self, handler: &str, id: &str, hash: [u8; 32]) -> bool;
+    fn get(&mut self, table: &'static str, key: &str) -> Option<Vec<u8>>;
+    fn put(&mut self, table: &'static str, key: &str, value: &[u8]);
+}
+
+/// The two sample projectors, written by hand against [`Rows`].
+fn project_by_hand(rows: &mut impl Rows, e: &ListingEvent) {
+    let id = e.event_id.as_str();
+    let hash = payload_hash(e);
+    let key = e.aggregate_id.as_str();
+    // listing_card
+    if rows.offset_absent_then_insert(HANDLERS[0], id, hash) {
+        let card: Option<ListingCard> = rows.get("listing_card", key).map(|b| dec(&b));
+        if let Ok(effect) = decide(key, card.as_ref().map(|c| c.status), &e.kind) {
+            if let Some(card) = effect.apply_to_card(key, card) {
+                rows.put("listing_card", key, &enc(&card));
+            }
+        }
+    }
+    // district_stats
+    if rows.offset_absent_then_insert(HANDLERS[1], id, hash) {
+        let m: Option<ListingMembership> = rows.get("district_stats_listings", key).map(|b| dec(&b));
+        if let Ok(effect) = decide(key, m.as_ref().map(|m| m.status), &e.kind) {
+            let m = match (&effect, m) {
+                (Effect::Create { district, .. }, _) => {
+                    ListingMembership { district: (*district).to_owned(), status: ListingStatus::Draft }
+                }
+                (_, Some(m)) => m,
+                (_, None) => return,
+            };
+            let after = effect.status_after(m.status);
+            rows.put(
+                "district_stats_listings",
+                key,
+                &enc(&ListingMembership { status: after, district: m.district.clone() }),
+            );
+            if effect.touches_stats() {
+                let mut s: DistrictStats = rows
+                    .get("district_stats", &m.district)
+                    .map(|b| dec(&b))
+                    .unwrap_or_else(|| DistrictStats::empty(&m.district));
+                effect.apply_to_stats(&mut s);
+                rows.put("district_stats", &m.district, &enc(&s));
+            }
+        }
+    }
+}
+
+const A_OFFSETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("offsets");
+
+/// Baseline A: the hand-written loop on redb.
+pub struct RedbBaseline {
+    db: redb::Database,
+}
+
+struct RedbRows<'t> {
+    offsets: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    tables: Vec<(&'static str, redb::Table<'t, &'static str, &'static [u8]>)>,
+}
+
+impl Rows for RedbRows<'_> {
+    fn offset_absent_then_insert(&mut self, handler: &str, id: &str, hash: [u8; 32]) -> bool {
+        if self.offsets.get((handler, id)).unwrap().is_some() {
+            return false;
+        }
+        let mut v = Vec::with_capacity(40);
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v.extend_from_slice(&hash);
+        self.offsets.insert((handler, id), v.as_slice()).unwrap();
+        true
+    }
+    fn get(&mut self, table: &'static str, key: &str) -> Option<Vec<u8>> {
+        let t = &self.tables.iter().find(|(n, _)| *n == table).unwrap().1;
+        t.get(key).unwrap().map(|g| g.value().to_vec())
+    }
+    fn put(&mut self, table: &'static str, key: &str, value: &[u8]) {
+        let t = &mut self.tables.iter_mut().find(|(n, _)| *n == table).unwrap().1;
+        t.insert(key, value).unwrap();
+    }
+}
+
+const A_TABLES: [&str; 3] = ["listing_card", "district_stats_listings", "district_stats"];
+
+impl RedbBaseline {
+    pub fn create(path: &Path) -> Result<Self, Error> {
+        Ok(Self { db: redb::Database::create(path)? })
+    }
+
+    /// Projects `events` in write transactions of `batch` events each.
+    pub fn ingest(&self, events: &[ListingEvent], batch: usize) -> Result<(), Error> {
+        for chunk in events.chunks(batch.max(1)) {
+            let txn = self.db.begin_write()?;
+            {
+                let mut rows = RedbRows {
+                    offsets: txn.open_table(A_OFFSETS)?,
+                    tables: A_TABLES
+                        .iter()
+                        .map(|n| Ok((*n, txn.open_table(TableDefinition::<&str, &[u8]>::new(n))?)))
+                        .collect::<Result<_, Error>>()?,
+                };
+                for e in chunk {
+                    project_by_hand(&mut rows, e);
+                }
+            }
+            txn.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Point read and decode of one `listing_card` row.
+    pub fn reader(&self) -> Result<RedbReader, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(RedbReader { table: txn.open_table(TableDefinition::<&str, &[u8]>::new("listing_card"))? })
+    }
+}
+
+/// Raw redb get-and-decode of `listing_card`.
+pub struct RedbReader {
+    table: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl RedbReader {
+    pub fn get(&self, key: &str) -> Option<ListingCard> {
+        self.table.get(key).unwrap().map(|g| dec(g.value()))
+    }
+}
+
+/// Baseline B: the hand-written loop on SQLite (WAL, synchronous=FULL, prepared statements).
+pub struct SqliteBaseline {
+    conn: rusqlite::Connection,
+}
+
+struct SqliteRows<'c> {
+    tx: &'c rusqlite::Transaction<'c>,
+}
+
+impl Rows for SqliteRows<'_> {
+    fn offset_absent_then_insert(&mut self, handler: &str, id: &str, hash: [u8; 32]) -> bool {
+        let mut st = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO offsets(handler, event_id, applied_at, hash) VALUES (?1, ?2, 0, ?3) ON CONFLICT DO NOTHING",
+            )
+            .unwrap();
+        st.execute(rusqlite::params![handler, id, &hash[..]]).unwrap() == 1
+    }
+    fn get(&mut self, table: &'static str, key: &str) -> Option<Vec<u8>> {
+        let sql = format!("SELECT v FROM {table} WHERE k = ?1");
+        let mut st = self.tx.prepare_cached(&sql).unwrap();
+        let mut rows = st.query([key]).unwrap();
+        rows.next().unwrap().map(|r| r.get::<_, Vec<u8>>(0).unwrap())
+    }
+    fn put(&mut self, table: &'static str, key: &str, value: &[u8]) {
+        let sql =
+            format!("INSERT INTO {table}(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v");
+        let mut st = self.tx.prepare_cached(&sql).unwrap();
+        st.execute(rusqlite::params![key, value]).unwrap();
+    }
+}
+
+impl SqliteBaseline {
+    pub fn create(path: &Path) -> Result<Self, Error> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE offsets(handler TEXT NOT NULL, event_id TEXT NOT NULL, applied_at INTEGER NOT NULL,
+                 hash BLOB NOT NULL, PRIMARY KEY(handler, event_id)) WITHOUT ROWID;
+             CREATE TABLE listing_card(k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE district_stats_listings(k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE district_stats(k TEXT PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;",
+        )?;
+        Ok(Self { conn })
+    }
+
+    pub fn ingest(&mut self, events: &[ListingEvent], batch: usize) -> Result<(), Error> {
+        for chunk in events.chunks(batch.max(1)) {
+            let tx = self.conn.transaction()?;
+            {
+                let mut rows = SqliteRows { tx: &tx };
+                for e in chunk {
+                    project_by_hand(&mut rows, e);
+                }
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens a driftless engine on the sample domain with `batch` events per commit.
+pub fn open_engine(path: &Path, batch: usize) -> Result<driftless::Engine<ListingEvent>, Error> {
+    let mut b = driftless::Engine::builder(path)
+        .max_batch_events(batch.max(1))
+        .queue(256, driftless::WhenFull::Block);
+    for p in driftless_listings::projectors() {
+        b = b.projector_arc(std::sync::Arc::from(p));
+    }
+    Ok(b.open()?)
+}
+
+/// Ingests through the engine: batches of `batch` events per commit (one event and one
+/// wait per commit when `batch` is 1).
+pub fn driftless_ingest(
+    engine: &driftless::Engine<ListingEvent>,
+    events: &[ListingEvent],
+    batch: usize,
+) -> Result<(), Error> {
+    if batch <= 1 {
+        for e in events {
+            engine.dispatch(e.clone())?.wait()?;
+        }
+    } else {
+        engine.dispatch_batch(events.iter().cloned())?.wait()?;
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process, in bytes (Linux), if known.
+#[must_use]
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

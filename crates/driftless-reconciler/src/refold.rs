@@ -1,0 +1,175 @@
+//! The built-in reconciler of per-aggregate read models: refold the journal, compare.
+
+use crate::port::{ReconcileFailure, Reconciler};
+use driftless_domain::codec;
+use driftless_domain::{Event, ReconcileMode, ReconcileResult, SampleKey, TableDef, ViewValue};
+use driftless_storage::Store;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// The longest rendering of one row in a drift reason, in characters.
+const MAX_ROW_TEXT: usize = 300;
+
+type FoldFn<E, V> = dyn Fn(&[E]) -> Option<V> + Send + Sync;
+
+/// Reconciles a read model whose key is the aggregate id and whose row is a fold of that
+/// aggregate's events.
+///
+/// For a key it reads the aggregate's events from the journal
+/// ([`Store::journal_for_aggregate`], journal order), decodes them as `E`, folds them into
+/// the expected row (`None`: no row) and compares it with the stored row (read raw,
+/// ignoring the kill switch). A missing, extra, different or damaged stored row is drift,
+/// with a reason such as
+/// `stored row differs: Card { price: 500 } vs expected Card { price: 450 }`. A journal
+/// event that does not decode is an error (the source of truth is unreadable), not drift.
+///
+/// Its keys are the aggregate ids found in the table or in the journal, in byte order.
+///
+/// ```no_run
+/// # use driftless_domain::{Event, TableDef, Timestamp};
+/// # use driftless_reconciler::RefoldReconciler;
+/// # use driftless_storage::{Store, StoreOptions};
+/// # use std::sync::Arc;
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Priced { listing: String, at: u64, price: u64 }
+/// # impl Event for Priced {
+/// #     fn aggregate_id(&self) -> &str { &self.listing }
+/// #     fn event_name(&self) -> &str { "Priced" }
+/// #     fn occurred_at(&self) -> Timestamp { Timestamp(self.at) }
+/// # }
+/// const PRICES: TableDef<String, u64> = TableDef::new("prices", 1);
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = Arc::new(Store::open("prices.redb", StoreOptions::default())?);
+/// let reconciler = RefoldReconciler::new(store, PRICES, |events: &[Priced]| events.last().map(|e| e.price));
+/// # Ok(()) }
+/// ```
+pub struct RefoldReconciler<E, V> {
+    store: Arc<Store>,
+    table: TableDef<String, V>,
+    fold: Box<FoldFn<E, V>>,
+    marker: PhantomData<fn(E)>,
+}
+
+impl<E: Event, V: ViewValue + PartialEq> RefoldReconciler<E, V> {
+    /// A reconciler of `table` in `store` that expects each row to be `fold` of its
+    /// aggregate's events (in journal order).
+    #[must_use]
+    pub fn new(
+        store: Arc<Store>,
+        table: TableDef<String, V>,
+        fold: impl Fn(&[E]) -> Option<V> + Send + Sync + 'static,
+    ) -> Self {
+        Self { store, table, fold: Box::new(fold), marker: PhantomData }
+    }
+
+    /// The row the journal says `key` should have.
+    ///
+    /// # Errors
+    /// [`ReconcileFailure`] when the journal cannot be read or an event does not decode.
+    pub fn expected_row(&self, key: &str) -> Result<Option<V>, ReconcileFailure> {
+        if !self.store.journal_enabled() {
+            return Err(ReconcileFailure::NoJournal);
+        }
+        let entries = self.store.journal_for_aggregate(key)?;
+        let events = entries
+            .iter()
+            .map(|entry| codec::stable_decode::<E>(&entry.body))
+            .collect::<Result<Vec<E>, _>>()?;
+        Ok((self.fold)(&events))
+    }
+}
+
+impl<E, V> fmt::Debug for RefoldReconciler<E, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefoldReconciler").field("table", &self.table).finish_non_exhaustive()
+    }
+}
+
+impl<E: Event, V: ViewValue + PartialEq> Reconciler for RefoldReconciler<E, V> {
+    fn read_model(&self) -> &str {
+        self.table.name()
+    }
+
+    fn list_sample_keys(
+        &self,
+        _mode: ReconcileMode,
+        sample_budget: usize,
+    ) -> Result<Vec<SampleKey>, ReconcileFailure> {
+        if !self.store.journal_enabled() {
+            return Err(ReconcileFailure::NoJournal);
+        }
+        // Both sources are in byte order, so the first `sample_budget` keys of their union
+        // are among the first `sample_budget` of each.
+        let mut keys: BTreeSet<SampleKey> = BTreeSet::new();
+        for (raw_key, _) in self.store.raw_rows(self.table.name())?.into_iter().take(sample_budget) {
+            match String::from_utf8(raw_key) {
+                Ok(key) => {
+                    keys.insert(key);
+                }
+                Err(e) => tracing::warn!(
+                    read_model = self.table.name(),
+                    key = %String::from_utf8_lossy(e.as_bytes()),
+                    "a stored key is not UTF-8, so it is not an aggregate id; it is not reconciled"
+                ),
+            }
+        }
+        keys.extend(self.store.journal_aggregates(sample_budget)?);
+        Ok(keys.into_iter().take(sample_budget).collect())
+    }
+
+    fn reconcile(&self, key: &SampleKey) -> Result<ReconcileResult, ReconcileFailure> {
+        let expected = self.expected_row(key)?;
+        let stored = match self.store.raw_row(self.table.name(), key.as_bytes())? {
+            None => None,
+            Some(bytes) => match codec::decode::<V>(&bytes) {
+                Ok(row) => Some(row),
+                Err(e) => {
+                    return Ok(ReconcileResult::drifted(
+                        key.clone(),
+                        format!("the stored row is damaged: {e}"),
+                    ))
+                }
+            },
+        };
+        Ok(match (stored, expected) {
+            (None, None) => ReconcileResult::in_sync(key.clone()),
+            (Some(s), Some(x)) if s == x => ReconcileResult::in_sync(key.clone()),
+            (Some(s), Some(x)) => ReconcileResult::drifted(
+                key.clone(),
+                format!("stored row differs: {} vs expected {}", show(&s), show(&x)),
+            ),
+            (None, Some(x)) => {
+                ReconcileResult::drifted(key.clone(), format!("row missing: expected {}", show(&x)))
+            }
+            (Some(s), None) => ReconcileResult::drifted(
+                key.clone(),
+                format!("row present but the journal folds to no row: stored {}", show(&s)),
+            ),
+        })
+    }
+}
+
+/// The Debug rendering of `row`, cut to [`MAX_ROW_TEXT`] characters.
+fn show(row: &impl fmt::Debug) -> String {
+    let text = format!("{row:?}");
+    match text.char_indices().nth(MAX_ROW_TEXT) {
+        Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or_default()),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::show;
+
+    #[test]
+    fn long_rows_are_cut_on_a_character_boundary() {
+        assert_eq!(show(&5u64), "5");
+        let long = "é".repeat(400);
+        let shown = show(&long);
+        assert!(shown.ends_with('…'));
+        assert_eq!(shown.chars().count(), super::MAX_ROW_TEXT + 1);
+    }
+}
