@@ -1,1 +1,4 @@
 //! driftless integration tests.
+
+mod engine;
+mod storage;

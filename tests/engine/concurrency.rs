@@ -1,0 +1,203 @@
+//! Concurrent producers, re-deliveries, backpressure and a full queue.
+
+use super::{
+    ensure_applied_counts, ensure_matches_model, fold, joined, open_listings, options, same_outcome, stream,
+    wait_until, Gated, TestResult,
+};
+use driftless::{DispatchError, Engine, EngineOptions, EventOutcome, Receipt, WhenFull};
+use driftless_listings::{DistrictStatsProjector, ListingCardProjector, ListingEvent, Outcome};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+const PRODUCERS: usize = 4;
+const CAPACITY: usize = 4;
+/// How many receipts a producer has in flight before it waits on them.
+const WINDOW: usize = 8;
+/// Every how many events a producer re-delivers an applied event of another producer.
+const REDELIVER_EVERY: usize = 5;
+
+/// The producer an aggregate belongs to: every event of a listing goes through one
+/// producer, in stream order, so the business rules decide as in the fold.
+fn producer_of(event: &ListingEvent) -> usize {
+    event.aggregate_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)))
+        % PRODUCERS
+}
+
+/// What one producer saw.
+#[derive(Default)]
+struct Tally {
+    resolved: usize,
+    redelivered: usize,
+}
+
+#[test]
+fn concurrent_producers_with_redeliveries_apply_every_event_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events = stream(2_000, 200, 8, 11);
+    let (model, outcomes) = fold(&events);
+    let engine = open_listings(
+        &dir.path().join("db.redb"),
+        EngineOptions { queue_capacity: CAPACITY, when_full: WhenFull::Block, ..options() },
+    )?;
+    // Events whose receipt said Applied, by producer: what the others re-deliver.
+    let applied: Vec<parking_lot::Mutex<Vec<ListingEvent>>> =
+        (0..PRODUCERS).map(|_| parking_lot::Mutex::new(Vec::new())).collect();
+    let running = AtomicUsize::new(PRODUCERS);
+    let max_queued = AtomicUsize::new(0);
+    let samples = AtomicUsize::new(0);
+
+    let tallies: Vec<Tally> = std::thread::scope(|s| -> TestResult<Vec<Tally>> {
+        let sampler = s.spawn(|| {
+            while running.load(Ordering::SeqCst) > 0 {
+                max_queued.fetch_max(engine.queued(), Ordering::SeqCst);
+                samples.fetch_add(1, Ordering::SeqCst);
+                std::thread::yield_now();
+            }
+        });
+        let handles: Vec<_> = (0..PRODUCERS)
+            .map(|me| {
+                let (engine, events, outcomes, applied, running) =
+                    (&engine, &events, &outcomes, &applied, &running);
+                s.spawn(move || -> TestResult<Tally> {
+                    let result = produce(me, engine, events, outcomes, applied);
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    result
+                })
+            })
+            .collect();
+        let tallies = handles.into_iter().map(|h| joined(h.join())).collect::<TestResult<Vec<_>>>();
+        sampler.join().map_err(|_| "the sampler panicked")?;
+        tallies
+    })?;
+
+    let resolved: usize = tallies.iter().map(|t| t.resolved).sum();
+    let redelivered: usize = tallies.iter().map(|t| t.redelivered).sum();
+    ensure_eq!(resolved, events.len() + redelivered, "every receipt resolves");
+    ensure!(redelivered >= events.len() / REDELIVER_EVERY / 2, "too few re-deliveries: {redelivered}");
+    ensure!(samples.load(Ordering::SeqCst) > 0, "the queue was never sampled");
+    let max = max_queued.load(Ordering::SeqCst);
+    ensure!(max <= CAPACITY, "the queue held {max} messages, more than its capacity {CAPACITY}");
+    ensure_matches_model(&engine, &model)?;
+    ensure_applied_counts(&engine, &model)?;
+    engine.shutdown()?;
+    Ok(())
+}
+
+/// Dispatches this producer's share of the stream in windows, checking each outcome
+/// against the fold, and re-delivers events the other producers already had applied.
+fn produce(
+    me: usize,
+    engine: &Engine<ListingEvent>,
+    events: &[ListingEvent],
+    outcomes: &[Outcome],
+    applied: &[parking_lot::Mutex<Vec<ListingEvent>>],
+) -> TestResult<Tally> {
+    let own = applied.get(me).ok_or("no such producer")?;
+    let mut tally = Tally::default();
+    let mut window: Vec<(ListingEvent, &Outcome, Receipt)> = Vec::with_capacity(WINDOW);
+    let mine = events.iter().zip(outcomes).filter(|(e, _)| producer_of(e) == me);
+    for (n, (event, expected)) in mine.enumerate() {
+        window.push((event.clone(), expected, engine.dispatch(event.clone())?));
+        if window.len() == WINDOW {
+            settle(&mut window, &mut tally, own)?;
+        }
+        if n % REDELIVER_EVERY == REDELIVER_EVERY - 1 {
+            let other = applied.get((me + 1 + n % (PRODUCERS - 1)) % PRODUCERS).ok_or("no such producer")?;
+            let again = {
+                let pool = other.lock();
+                pool.get((n * 7_919) % pool.len().max(1)).cloned()
+            };
+            if let Some(again) = again {
+                let report = engine.dispatch(again.clone())?.wait()?;
+                ensure_eq!(report.outcome, EventOutcome::Duplicate, "a re-delivery of {}", again.event_id);
+                tally.resolved += 1;
+                tally.redelivered += 1;
+            }
+        }
+    }
+    settle(&mut window, &mut tally, own)?;
+    Ok(tally)
+}
+
+fn settle(
+    window: &mut Vec<(ListingEvent, &Outcome, Receipt)>,
+    tally: &mut Tally,
+    applied: &parking_lot::Mutex<Vec<ListingEvent>>,
+) -> TestResult {
+    for (event, expected, receipt) in window.drain(..) {
+        let report = receipt.wait()?;
+        ensure!(
+            same_outcome(&report.outcome, expected),
+            "{}: the engine said {:?}, the fold {expected:?}",
+            event.event_id,
+            report.outcome
+        );
+        tally.resolved += 1;
+        if report.outcome == EventOutcome::Applied {
+            applied.lock().push(event);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_full_queue_fails_fast_with_when_full_fail_and_flush_still_waits() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events = stream(40, 5, 2, 3);
+    let (model, outcomes) = fold(&events);
+    let (gated, gate) = Gated::new(ListingCardProjector);
+    let engine = Engine::builder(dir.path().join("db.redb"))
+        .options(EngineOptions { queue_capacity: 2, when_full: WhenFull::Fail, ..options() })
+        .projector(gated)
+        .projector(DistrictStatsProjector)
+        .open()?;
+    let mut pending = events.iter().zip(&outcomes);
+    let mut receipts = Vec::new();
+    let (first, first_outcome) = pending.next().ok_or("an empty stream")?;
+    receipts.push((first_outcome, engine.dispatch(first.clone())?));
+    gate.wait_entered()?;
+    // The writer is stuck in a commit: two messages fit in the queue, the third does not.
+    for _ in 0..2 {
+        let (event, outcome) = pending.next().ok_or("a short stream")?;
+        receipts.push((outcome, engine.dispatch(event.clone())?));
+    }
+    ensure_eq!(engine.queued(), 2, "messages waiting");
+    let (refused, _) = pending.next().ok_or("a short stream")?;
+    match engine.dispatch(refused.clone()) {
+        Err(DispatchError::QueueFull { capacity }) => ensure_eq!(capacity, 2, "the capacity reported"),
+        other => return Err(format!("expected QueueFull, got {other:?}").into()),
+    }
+    ensure_eq!(engine.queued(), 2, "messages waiting after a refusal");
+
+    // A flush asked for while the queue is full waits for room and then for the commits;
+    // it does not report a shutdown.
+    let started = AtomicBool::new(false);
+    std::thread::scope(|s| -> TestResult {
+        let flusher = s.spawn(|| {
+            started.store(true, Ordering::SeqCst);
+            engine.flush()
+        });
+        wait_until("the flush is under way", || Ok(started.load(Ordering::SeqCst)))?;
+        gate.open()?;
+        flusher.join().map_err(|_| "the flusher panicked")??;
+        Ok(())
+    })?;
+    ensure_eq!(engine.queued(), 0, "messages waiting after the flush");
+    for (expected, receipt) in receipts {
+        let report = receipt.wait()?;
+        ensure!(same_outcome(&report.outcome, expected), "{:?} vs {expected:?}", report.outcome);
+    }
+    // The refused event was not taken: dispatching the rest (it included) gives the fold.
+    for (event, expected) in events.iter().zip(&outcomes).skip(3) {
+        let report = loop {
+            match engine.dispatch(event.clone()) {
+                Ok(r) => break r.wait()?,
+                Err(DispatchError::QueueFull { .. }) => std::thread::yield_now(),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        ensure!(same_outcome(&report.outcome, expected), "{:?} vs {expected:?}", report.outcome);
+    }
+    ensure_matches_model(&engine, &model)?;
+    engine.shutdown()?;
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the storage crate, through its public API only.
+
+mod corruption;
+mod disk;
+mod faults;
+mod model;
+mod open;
+mod replay;
+mod support;
