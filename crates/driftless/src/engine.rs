@@ -164,18 +164,37 @@ impl<E: Event> EngineBuilder<E> {
     /// [`BuildError`] when the database cannot be opened, a setting is out of range, or the
     /// projectors cannot be registered.
     pub fn open(self) -> Result<Engine<E>, BuildError> {
+        self.check()?;
+        let o = &self.options;
+        let store = Store::open(
+            &self.path,
+            StoreOptions { durability: o.durability, journal: o.journal, cache_bytes: o.cache_bytes },
+        )?;
+        self.start(store)
+    }
+
+    /// As [`EngineBuilder::open`], on a custom redb storage backend instead of the path (for
+    /// fault-injection harnesses and in-memory use). A backend with no data is initialised.
+    ///
+    /// # Errors
+    /// As [`EngineBuilder::open`].
+    pub fn open_with_backend(self, backend: impl driftless_storage::StorageBackend) -> Result<Engine<E>, BuildError> {
+        self.check()?;
+        let o = &self.options;
+        let store = Store::open_with_backend(
+            backend,
+            StoreOptions { durability: o.durability, journal: o.journal, cache_bytes: o.cache_bytes },
+        )?;
+        self.start(store)
+    }
+
+    fn check(&self) -> Result<(), BuildError> {
         let o = &self.options;
         if o.queue_capacity == 0 {
-            return Err(BuildError::InvalidSetting {
-                setting: "queue_capacity",
-                reason: "it must be at least 1",
-            });
+            return Err(BuildError::InvalidSetting { setting: "queue_capacity", reason: "it must be at least 1" });
         }
         if o.max_batch_events == 0 {
-            return Err(BuildError::InvalidSetting {
-                setting: "max_batch_events",
-                reason: "it must be at least 1",
-            });
+            return Err(BuildError::InvalidSetting { setting: "max_batch_events", reason: "it must be at least 1" });
         }
         if o.view_refresh_interval.is_some_and(|d| d.is_zero()) {
             return Err(BuildError::InvalidSetting {
@@ -183,10 +202,11 @@ impl<E: Event> EngineBuilder<E> {
                 reason: "it must be longer than zero",
             });
         }
-        let store = Store::open(
-            &self.path,
-            StoreOptions { durability: o.durability, journal: o.journal, cache_bytes: o.cache_bytes },
-        )?;
+        Ok(())
+    }
+
+    fn start(self, store: Store) -> Result<Engine<E>, BuildError> {
+        let o = &self.options;
         let views: Vec<(driftless_domain::TableId, String)> =
             self.views.iter().map(|v| (v.table(), v.table().name.to_string())).collect();
         let registry = store.register(self.projectors, &views)?;
