@@ -86,8 +86,17 @@ fn ingest_row(stream: &[ListingEvent], batch: usize, runs: usize) -> Result<Row,
     })
 }
 
+/// Re-delivers every event that was applied (a re-delivered rejected event is tried again,
+/// by the contract, so it is not a re-delivery of an applied event).
 fn redelivery_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
-    let n = stream.len();
+    let mut model = driftless_listings::ListingModel::new();
+    let applied: Vec<ListingEvent> = stream
+        .iter()
+        .filter(|e| matches!(model.apply(e), driftless_listings::Outcome::Applied))
+        .cloned()
+        .collect();
+    let again = applied.as_slice();
+    let n = again.len();
     let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
     let dir = tempfile::tempdir()?;
     let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
@@ -97,13 +106,13 @@ fn redelivery_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
     let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
     driftless_ingest(&engine, stream, 1000)?;
     for _ in 0..runs {
-        a.push(timed(n, || base.ingest(stream, 1000))?);
-        b.push(timed(n, || sq.ingest(stream, 1000))?);
-        d.push(timed(n, || driftless_ingest(&engine, stream, 1000))?);
+        a.push(timed(n, || base.ingest(again, 1000))?);
+        b.push(timed(n, || sq.ingest(again, 1000))?);
+        d.push(timed(n, || driftless_ingest(&engine, again, 1000))?);
     }
     engine.shutdown()?;
     Ok(Row {
-        case: format!("re-delivery of every event ({n} events)"),
+        case: format!("re-delivery of every applied event ({n} events)"),
         a: Some(median(a)),
         b: Some(median(b)),
         d: median(d),

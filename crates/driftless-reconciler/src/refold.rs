@@ -100,6 +100,10 @@ impl<E: Event, V: ViewValue + PartialEq> Reconciler for RefoldReconciler<E, V> {
         if !self.store.journal_enabled() {
             return Err(ReconcileFailure::NoJournal);
         }
+        // File the journal's tail in the per-aggregate index first, so that each key's
+        // refold reads its events through the index instead of scanning the tail. This writes
+        // only that index, never a read model.
+        self.store.file_aggregates().map_err(|e| ReconcileFailure::other(e.to_string()))?;
         // Both sources are in byte order, so the first `sample_budget` keys of their union
         // are among the first `sample_budget` of each.
         let mut keys: BTreeSet<SampleKey> = BTreeSet::new();

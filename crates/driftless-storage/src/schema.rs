@@ -57,10 +57,11 @@ pub(crate) fn index_key(filed_at: u64, id: &str) -> Vec<u8> {
 /// Any pure function of the id would keep lookups correct (an id whose event was filed
 /// under another time gets an `event_ids` entry); this one makes default ids need none.
 pub(crate) fn canonical_time(id: &str) -> Option<u64> {
-    let mut parts = id.rsplitn(3, ':');
-    let _name = parts.next()?;
-    let millis = parts.next()?;
-    parts.next()?;
+    let bytes = id.as_bytes();
+    let last = bytes.iter().rposition(|b| *b == b':')?;
+    let before = bytes.get(..last)?;
+    let prev = before.iter().rposition(|b| *b == b':')?;
+    let millis = id.get(prev + 1..last)?;
     if millis.is_empty() || millis.len() > 20 || !millis.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -246,4 +247,28 @@ pub struct DeadLetter {
     pub position: u64,
     /// The event's stable encoding, so that it can be retried without the journal.
     pub body: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_time;
+
+    #[test]
+    fn canonical_time_reads_the_time_of_a_default_id() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("listing-7:1700000000123:ListingCreated", Some(1_700_000_000_123)),
+            ("a:b:5:Name", Some(5)),
+            ("a:0:X", Some(0)),
+            (":5:", Some(5)),
+            ("a:05:X", None),
+            ("a:5x:X", None),
+            ("a::X", None),
+            ("5:X", None),
+            ("plain-id", None),
+            ("a:99999999999999999999999:X", None),
+        ];
+        for (id, want) in cases {
+            assert_eq!(canonical_time(id), *want, "{id}");
+        }
+    }
 }
