@@ -1,4 +1,6 @@
 //! driftless integration tests.
 
+mod corruption_campaign;
 mod engine;
+mod reliability;
 mod storage;

@@ -2,8 +2,8 @@
 //!
 //! The sample domain of driftless — a property-listings marketplace — and the model of how
 //! an application embeds driftless. The CLI (`ingest`, `demo`), the integration tests, the
-//! benchmarks and the fuzz targets all use it. Everything here is pure: no I/O beyond
-//! reading a caller's [`BufRead`](std::io::BufRead), no threads, no storage.
+//! benchmarks and the fuzz targets all use it. Everything here but [`embed`] is pure: no I/O
+//! beyond reading a caller's [`BufRead`](std::io::BufRead), no threads, no storage.
 //!
 //! An embedding application brings four things, and this crate shows each:
 //!
@@ -133,11 +133,32 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Registering the projectors with an engine is one call per projector; [`projectors`]
-//! returns both. [`generate`] makes realistic, deterministic streams for demos and tests.
+//! ## Embedding
+//!
+//! [`embed`] wires the domain into driftless: [`embed::engine_builder`] registers both
+//! projectors and the `district_leaderboard` view, and [`embed::reconcilers`] gives the
+//! reconcilers a harness checks the read models with. In short:
+//!
+//! ```no_run
+//! use driftless::reconcile::ReconcileMode;
+//! use driftless_listings::embed::{engine_builder, reconcilers};
+//! use driftless_listings::{generate_events, GenConfig};
+//! use std::sync::Arc;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = engine_builder("listings.redb").open()?;           // projectors + view
+//! engine.dispatch_batch(generate_events(GenConfig::default()))?.wait()?; // exactly once
+//! engine.refresh_views()?;                                          // the leaderboard
+//! let harness = engine.reconciliation().reconcilers(reconcilers(Arc::clone(engine.store()))).build()?;
+//! let report = harness.run_once(ReconcileMode::Sampled, None, None)?; // drift check
+//! # let _ = report; Ok(()) }
+//! ```
+//!
+//! [`generate`] makes realistic, deterministic streams for demos and tests.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod embed;
 mod event;
 mod fold;
 mod generate;
@@ -149,6 +170,7 @@ mod projectors;
 #[cfg(test)]
 mod tests;
 
+pub use embed::{engine_builder, reconcilers};
 pub use event::{default_event_id, ListingEvent, ListingEventKind, MAX_SAFE_INTEGER};
 pub use fold::{fold_listing, Fold, ListingModel, Outcome, Summary};
 pub use generate::{generate, generate_events, GenConfig, GENERATED_START_MILLIS};

@@ -1,7 +1,7 @@
 //! The projection commit: a batch of events and the registered projectors in one redb
 //! write transaction, with exactly-once bookkeeping per (event, handler).
 
-use crate::error::CommitError;
+use crate::error::{caller, contain, panic_message, CommitError};
 use crate::registry::Registry;
 use crate::schema::{
     canonical_time, index_key, physical, shadow, DeadLetter, HandlerRecord, IndexRow, JournalEntry,
@@ -108,10 +108,19 @@ impl CommittedRows for Committed<'_, '_> {
         let Some(Some(table)) = self.tables.get(slot) else {
             return Ok(None);
         };
-        table
-            .get(key)
-            .map(|g| g.map(|v| v.value().to_vec()))
-            .map_err(|e| ViewError::Storage { table: format!("table slot {slot}"), source: Box::new(e) })
+        // redb may panic on a damaged page: that is a storage failure (which fails the
+        // commit), not a failure of the projector calling this.
+        match catch_unwind(AssertUnwindSafe(|| table.get(key).map(|g| g.map(|v| v.value().to_vec())))) {
+            Ok(got) => got
+                .map_err(|e| ViewError::Storage { table: format!("table slot {slot}"), source: Box::new(e) }),
+            Err(panic) => Err(ViewError::Storage {
+                table: format!("table slot {slot}"),
+                source: Box::new(std::io::Error::other(format!(
+                    "the storage engine stopped on an inconsistency in the file: {}",
+                    panic_message(&*panic)
+                ))),
+            }),
+        }
     }
 }
 
@@ -693,6 +702,17 @@ impl ReplayReport {
 }
 
 impl Store {
+    /// Runs a write that may panic inside redb on a damaged file: a panic poisons the store
+    /// (redb may have written part of the transaction) and becomes
+    /// [`CommitError::Corrupted`].
+    pub(crate) fn contain_write<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> Result<T, CommitError>,
+    ) -> Result<T, CommitError> {
+        contain(what, |reason| self.poison(format!("{what}: {reason}")), f)
+    }
+
     /// Projects a batch of new deliveries through every registered projector in ONE write
     /// transaction.
     ///
@@ -710,19 +730,21 @@ impl Store {
         events: &[PreparedEvent<E>],
         now: Timestamp,
     ) -> Result<BatchReport, CommitError> {
-        let txn = self.begin_write()?;
-        let mut batch =
-            Batch::open(self, &txn, reg, (0..reg.handlers.len()).collect(), Mode::Live, now, false)?;
-        let mut reports = Vec::with_capacity(events.len());
-        for ev in events {
-            reports.push(batch.process(ev, 0)?);
-        }
-        if batch.finish()? {
-            self.commit(txn)?;
-        } else {
-            txn.abort().map_err(|e| self.fail(e))?;
-        }
-        Ok(BatchReport { events: reports, committed_at: now })
+        self.contain_write("project", || {
+            let txn = self.begin_write()?;
+            let mut batch =
+                Batch::open(self, &txn, reg, (0..reg.handlers.len()).collect(), Mode::Live, now, false)?;
+            let mut reports = Vec::with_capacity(events.len());
+            for ev in events {
+                reports.push(batch.process(ev, 0)?);
+            }
+            if batch.finish()? {
+                self.commit(txn)?;
+            } else {
+                txn.abort().map_err(|e| self.fail(e))?;
+            }
+            Ok(BatchReport { events: reports, committed_at: now })
+        })
     }
 
     /// Whether the handler has processed every journal entry (and is not paused).
@@ -749,33 +771,36 @@ impl Store {
         handler: usize,
         now: &dyn Fn() -> Timestamp,
     ) -> Result<ReplayReport, CommitError> {
-        let mut report = ReplayReport::default();
-        loop {
-            let h = reg
-                .handlers
-                .get(handler)
-                .ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
-            let rec = self
-                .handler_record(h.name.as_str())?
-                .ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
-            if rec.paused {
-                return Ok(report);
+        self.contain_write("catch_up", || {
+            let mut report = ReplayReport::default();
+            loop {
+                let h = reg
+                    .handlers
+                    .get(handler)
+                    .ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+                let rec = self
+                    .handler_record(h.name.as_str())?
+                    .ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
+                if rec.paused {
+                    return Ok(report);
+                }
+                let entries = self.journal_range(rec.seen + 1, REPLAY_CHUNK)?;
+                if entries.is_empty() {
+                    return Ok(report);
+                }
+                let txn = self.begin_write()?;
+                let mut batch =
+                    Batch::open(self, &txn, reg, vec![handler], Mode::Replay, caller(now), false)?;
+                for entry in entries {
+                    let position = entry.position;
+                    let ev = PreparedEvent::<E>::from_encoded(entry.body)?;
+                    let r = batch.process(&ev, position)?;
+                    report.count(&r);
+                }
+                batch.finish()?;
+                self.commit(txn)?;
             }
-            let entries = self.journal_range(rec.seen + 1, REPLAY_CHUNK)?;
-            if entries.is_empty() {
-                return Ok(report);
-            }
-            let txn = self.begin_write()?;
-            let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Replay, now(), false)?;
-            for entry in entries {
-                let position = entry.position;
-                let ev = PreparedEvent::<E>::from_encoded(entry.body)?;
-                let r = batch.process(&ev, position)?;
-                report.count(&r);
-            }
-            batch.finish()?;
-            self.commit(txn)?;
-        }
+        })
     }
 
     /// Retries a dead letter: delivers the stored event again, as a new delivery. Handlers
@@ -815,144 +840,148 @@ impl Store {
         now: Timestamp,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<ReplayReport, CommitError> {
-        if !self.journal_enabled() {
-            return Err(CommitError::NoJournal);
-        }
-        let h =
-            reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
-        let name = h.name.as_str();
-        let head = self.journal_head()?;
-        let txn = self.begin_write()?;
-        let f = |e: redb::TableError| self.fail(e);
-        // Reset the handler: its offsets, dead letters and progress.
-        {
-            let mut index = txn.open_table(EVENT_INDEX).map_err(f)?;
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let mut chunk: Vec<(Vec<u8>, IndexRow)> = Vec::new();
-                {
-                    let range = match &after {
-                        Some(a) => index.range::<&[u8]>((
-                            std::ops::Bound::Excluded(a.as_slice()),
-                            std::ops::Bound::Unbounded,
-                        )),
-                        None => index.range::<&[u8]>(..),
+        self.contain_write("rebuild", || {
+            if !self.journal_enabled() {
+                return Err(CommitError::NoJournal);
+            }
+            let h = reg
+                .handlers
+                .get(handler)
+                .ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
+            let name = h.name.as_str();
+            let head = self.journal_head()?;
+            let txn = self.begin_write()?;
+            let f = |e: redb::TableError| self.fail(e);
+            // Reset the handler: its offsets, dead letters and progress.
+            {
+                let mut index = txn.open_table(EVENT_INDEX).map_err(f)?;
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let mut chunk: Vec<(Vec<u8>, IndexRow)> = Vec::new();
+                    {
+                        let range = match &after {
+                            Some(a) => index.range::<&[u8]>((
+                                std::ops::Bound::Excluded(a.as_slice()),
+                                std::ops::Bound::Unbounded,
+                            )),
+                            None => index.range::<&[u8]>(..),
+                        }
+                        .map_err(|e| self.fail(e))?;
+                        for item in range.take(REPLAY_CHUNK) {
+                            let (k, v) = item.map_err(|e| self.fail(e))?;
+                            let row: IndexRow = codec::decode(v.value())?;
+                            chunk.push((k.value().to_vec(), row));
+                        }
                     }
-                    .map_err(|e| self.fail(e))?;
-                    for item in range.take(REPLAY_CHUNK) {
-                        let (k, v) = item.map_err(|e| self.fail(e))?;
-                        let row: IndexRow = codec::decode(v.value())?;
-                        chunk.push((k.value().to_vec(), row));
-                    }
-                }
-                let Some((last, _)) = chunk.last() else { break };
-                after = Some(last.clone());
-                for (k, mut row) in chunk {
-                    if row.has(h.slot) {
-                        row.clear(h.slot);
-                        if row.is_empty() {
-                            index.remove(k.as_slice()).map_err(|e| self.fail(e))?;
-                        } else {
-                            index
-                                .insert(k.as_slice(), codec::encode(&row)?.as_slice())
-                                .map_err(|e| self.fail(e))?;
+                    let Some((last, _)) = chunk.last() else { break };
+                    after = Some(last.clone());
+                    for (k, mut row) in chunk {
+                        if row.has(h.slot) {
+                            row.clear(h.slot);
+                            if row.is_empty() {
+                                index.remove(k.as_slice()).map_err(|e| self.fail(e))?;
+                            } else {
+                                index
+                                    .insert(k.as_slice(), codec::encode(&row)?.as_slice())
+                                    .map_err(|e| self.fail(e))?;
+                            }
                         }
                     }
                 }
-            }
-            let mut dead = txn.open_table(DEAD_LETTERS).map_err(f)?;
-            let mut mine = Vec::new();
-            for item in dead.range::<(&str, &str)>((name, "")..).map_err(|e| self.fail(e))? {
-                let (k, _) = item.map_err(|e| self.fail(e))?;
-                let (hn, id) = k.value();
-                if hn != name {
-                    break;
-                }
-                mine.push(id.to_string());
-            }
-            for id in mine {
-                dead.remove((name, id.as_str())).map_err(|e| self.fail(e))?;
-            }
-            let mut handlers_t = txn.open_table(HANDLERS).map_err(f)?;
-            let mut rec: HandlerRecord = decode_opt(handlers_t.get(name).map_err(|e| self.fail(e))?)?
-                .ok_or_else(|| CommitError::UnknownHandler(name.to_string()))?;
-            rec.seen = 0;
-            rec.applied = 0;
-            rec.dead_letters = 0;
-            rec.last_occurred_at = None;
-            rec.last_applied_at = None;
-            rec.last_commit_lag_ms = None;
-            handlers_t.insert(name, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
-            for t in &h.tables {
-                let s = shadow(t.id.name);
-                txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&s)).map_err(f)?;
-            }
-        }
-        // Project the whole journal into the shadow tables.
-        let mut report = ReplayReport::default();
-        {
-            let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Replay, now, true)?;
-            let mut next = 1u64;
-            while next <= head {
-                let mut last = next;
-                let entries: Vec<JournalEntry> = {
-                    let journal = batch.journal.as_ref().ok_or(CommitError::NoJournal)?;
-                    let mut out = Vec::new();
-                    for item in journal.range(next..=head).map_err(|e| self.fail(e))?.take(REPLAY_CHUNK) {
-                        let (k, v) = item.map_err(|e| self.fail(e))?;
-                        last = k.value();
-                        out.push(codec::decode(v.value())?);
+                let mut dead = txn.open_table(DEAD_LETTERS).map_err(f)?;
+                let mut mine = Vec::new();
+                for item in dead.range::<(&str, &str)>((name, "")..).map_err(|e| self.fail(e))? {
+                    let (k, _) = item.map_err(|e| self.fail(e))?;
+                    let (hn, id) = k.value();
+                    if hn != name {
+                        break;
                     }
-                    out
-                };
-                if entries.is_empty() {
-                    break;
+                    mine.push(id.to_string());
                 }
-                for entry in entries {
-                    let position = entry.position;
-                    let ev = PreparedEvent::<E>::from_encoded(entry.body)?;
-                    let r = batch.process(&ev, position)?;
-                    report.count(&r);
+                for id in mine {
+                    dead.remove((name, id.as_str())).map_err(|e| self.fail(e))?;
                 }
-                batch.flush()?;
-                progress(last, head);
-                next = last + 1;
+                let mut handlers_t = txn.open_table(HANDLERS).map_err(f)?;
+                let mut rec: HandlerRecord = decode_opt(handlers_t.get(name).map_err(|e| self.fail(e))?)?
+                    .ok_or_else(|| CommitError::UnknownHandler(name.to_string()))?;
+                rec.seen = 0;
+                rec.applied = 0;
+                rec.dead_letters = 0;
+                rec.last_occurred_at = None;
+                rec.last_applied_at = None;
+                rec.last_commit_lag_ms = None;
+                handlers_t.insert(name, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+                for t in &h.tables {
+                    let s = shadow(t.id.name);
+                    txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&s)).map_err(f)?;
+                }
             }
-            batch.finish()?;
-        }
-        // Swap the shadows in.
-        {
-            let mut rm = txn.open_table(READ_MODELS).map_err(f)?;
-            for t in &h.tables {
-                let live = physical(t.id.name);
-                let s = shadow(t.id.name);
-                txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&live)).map_err(f)?;
-                txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&s)).map_err(f)?;
-                txn.rename_table(
-                    TableDefinition::<&[u8], &[u8]>::new(&s),
-                    TableDefinition::<&[u8], &[u8]>::new(&live),
-                )
-                .map_err(f)?;
-                let prior: Option<ReadModelRecord> =
-                    decode_opt(rm.get(t.id.name).map_err(|e| self.fail(e))?)?;
-                let rec = ReadModelRecord {
-                    owner: name.to_string(),
-                    kind: crate::schema::ReadModelKind::Projected,
-                    fingerprint: t.id.fingerprint,
-                    kill_switch: prior.and_then(|p| p.kill_switch),
-                    refreshed_at: None,
-                };
-                rm.insert(t.id.name, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+            // Project the whole journal into the shadow tables.
+            let mut report = ReplayReport::default();
+            {
+                let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Replay, now, true)?;
+                let mut next = 1u64;
+                while next <= head {
+                    let mut last = next;
+                    let entries: Vec<JournalEntry> = {
+                        let journal = batch.journal.as_ref().ok_or(CommitError::NoJournal)?;
+                        let mut out = Vec::new();
+                        for item in journal.range(next..=head).map_err(|e| self.fail(e))?.take(REPLAY_CHUNK) {
+                            let (k, v) = item.map_err(|e| self.fail(e))?;
+                            last = k.value();
+                            out.push(codec::decode(v.value())?);
+                        }
+                        out
+                    };
+                    if entries.is_empty() {
+                        break;
+                    }
+                    for entry in entries {
+                        let position = entry.position;
+                        let ev = PreparedEvent::<E>::from_encoded(entry.body)?;
+                        let r = batch.process(&ev, position)?;
+                        report.count(&r);
+                    }
+                    batch.flush()?;
+                    caller(|| progress(last, head));
+                    next = last + 1;
+                }
+                batch.finish()?;
             }
-        }
-        self.commit(txn)?;
-        tracing::info!(
-            handler = name,
-            replayed = report.replayed,
-            applied = report.applied,
-            "rebuild committed"
-        );
-        Ok(report)
+            // Swap the shadows in.
+            {
+                let mut rm = txn.open_table(READ_MODELS).map_err(f)?;
+                for t in &h.tables {
+                    let live = physical(t.id.name);
+                    let s = shadow(t.id.name);
+                    txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&live)).map_err(f)?;
+                    txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&s)).map_err(f)?;
+                    txn.rename_table(
+                        TableDefinition::<&[u8], &[u8]>::new(&s),
+                        TableDefinition::<&[u8], &[u8]>::new(&live),
+                    )
+                    .map_err(f)?;
+                    let prior: Option<ReadModelRecord> =
+                        decode_opt(rm.get(t.id.name).map_err(|e| self.fail(e))?)?;
+                    let rec = ReadModelRecord {
+                        owner: name.to_string(),
+                        kind: crate::schema::ReadModelKind::Projected,
+                        fingerprint: t.id.fingerprint,
+                        kill_switch: prior.and_then(|p| p.kill_switch),
+                        refreshed_at: None,
+                    };
+                    rm.insert(t.id.name, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+                }
+            }
+            self.commit(txn)?;
+            tracing::info!(
+                handler = name,
+                replayed = report.replayed,
+                applied = report.applied,
+                "rebuild committed"
+            );
+            Ok(report)
+        })
     }
 
     /// Files every journal entry not yet in the per-aggregate index (entries are otherwise
@@ -961,28 +990,30 @@ impl Store {
     /// # Errors
     /// As [`Store::project`].
     pub fn file_aggregates(&self) -> Result<u64, CommitError> {
-        if !self.journal_enabled() {
-            return Ok(0);
-        }
-        let txn = self.begin_write()?;
-        let head = {
-            let f = |e: redb::TableError| self.fail(e);
-            let mut meta = txn.open_table(META).map_err(f)?;
-            let journal = txn.open_table(JOURNAL).map_err(f)?;
-            let mut by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?;
-            let head: u64 = decode_opt(meta.get(META_HEAD).map_err(|e| self.fail(e))?)?.unwrap_or(0);
-            let filed: u64 =
-                decode_opt(meta.get(META_AGGREGATES_INDEXED).map_err(|e| self.fail(e))?)?.unwrap_or(0);
-            if filed >= head {
-                return Ok(head);
+        self.contain_write("file_aggregates", || {
+            if !self.journal_enabled() {
+                return Ok(0);
             }
-            file_aggregates(self, &journal, &mut by_aggregate, filed, head)?;
-            meta.insert(META_AGGREGATES_INDEXED, codec::encode(&head)?.as_slice())
-                .map_err(|e| self.fail(e))?;
-            head
-        };
-        self.commit(txn)?;
-        Ok(head)
+            let txn = self.begin_write()?;
+            let head = {
+                let f = |e: redb::TableError| self.fail(e);
+                let mut meta = txn.open_table(META).map_err(f)?;
+                let journal = txn.open_table(JOURNAL).map_err(f)?;
+                let mut by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?;
+                let head: u64 = decode_opt(meta.get(META_HEAD).map_err(|e| self.fail(e))?)?.unwrap_or(0);
+                let filed: u64 =
+                    decode_opt(meta.get(META_AGGREGATES_INDEXED).map_err(|e| self.fail(e))?)?.unwrap_or(0);
+                if filed >= head {
+                    return Ok(head);
+                }
+                file_aggregates(self, &journal, &mut by_aggregate, filed, head)?;
+                meta.insert(META_AGGREGATES_INDEXED, codec::encode(&head)?.as_slice())
+                    .map_err(|e| self.fail(e))?;
+                head
+            };
+            self.commit(txn)?;
+            Ok(head)
+        })
     }
 
     /// Replaces every row of a materialized view in one write transaction: a reader sees
@@ -997,24 +1028,26 @@ impl Store {
         rows: &[(Vec<u8>, Vec<u8>)],
         now: Timestamp,
     ) -> Result<(), CommitError> {
-        let txn = self.begin_write()?;
-        let f = |e: redb::TableError| self.fail(e);
-        {
-            let mut rm = txn.open_table(READ_MODELS).map_err(f)?;
-            let mut rec: ReadModelRecord = decode_opt(rm.get(view).map_err(|e| self.fail(e))?)?
-                .ok_or_else(|| CommitError::UnknownReadModel(view.to_string()))?;
-            if rec.kind != crate::schema::ReadModelKind::View {
-                return Err(CommitError::UnknownReadModel(view.to_string()));
+        self.contain_write("replace_view", || {
+            let txn = self.begin_write()?;
+            let f = |e: redb::TableError| self.fail(e);
+            {
+                let mut rm = txn.open_table(READ_MODELS).map_err(f)?;
+                let mut rec: ReadModelRecord = decode_opt(rm.get(view).map_err(|e| self.fail(e))?)?
+                    .ok_or_else(|| CommitError::UnknownReadModel(view.to_string()))?;
+                if rec.kind != crate::schema::ReadModelKind::View {
+                    return Err(CommitError::UnknownReadModel(view.to_string()));
+                }
+                let live = physical(view);
+                txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&live)).map_err(f)?;
+                let mut table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&live)).map_err(f)?;
+                for (k, v) in rows {
+                    table.insert(k.as_slice(), v.as_slice()).map_err(|e| self.fail(e))?;
+                }
+                rec.refreshed_at = Some(now);
+                rm.insert(view, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
             }
-            let live = physical(view);
-            txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&live)).map_err(f)?;
-            let mut table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&live)).map_err(f)?;
-            for (k, v) in rows {
-                table.insert(k.as_slice(), v.as_slice()).map_err(|e| self.fail(e))?;
-            }
-            rec.refreshed_at = Some(now);
-            rm.insert(view, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
-        }
-        self.commit(txn)
+            self.commit(txn)
+        })
     }
 }

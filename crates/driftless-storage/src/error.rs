@@ -1,6 +1,9 @@
 //! One error type per storage operation.
 
 use driftless_domain::{CodecError, HandlerName, NameError};
+use std::any::Any;
+use std::cell::Cell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 /// A failure of the underlying database engine or file system, kept opaque so that no
@@ -127,6 +130,15 @@ pub enum RegisterError {
     /// The storage engine failed.
     #[error("the storage engine failed while registering projectors: {0}")]
     Storage(#[source] StorageFailure),
+    /// The file is damaged: the storage engine stopped (panicked, contained) on an
+    /// inconsistency while registering. The database is now poisoned.
+    #[error("the database is damaged: {what} stopped on an inconsistency in the file: {reason}")]
+    Corrupted {
+        /// The operation.
+        what: String,
+        /// What the storage engine said.
+        reason: String,
+    },
 }
 
 storage_from!(RegisterError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
@@ -165,6 +177,15 @@ pub enum CommitError {
     /// The storage engine failed; the database is now poisoned.
     #[error("the storage engine failed during a commit: {0}")]
     Storage(#[source] StorageFailure),
+    /// The file is damaged: the storage engine stopped (panicked, contained) on an
+    /// inconsistency during the write. The database is now poisoned.
+    #[error("the database is damaged: {what} stopped on an inconsistency in the file: {reason}")]
+    Corrupted {
+        /// The operation.
+        what: String,
+        /// What the storage engine said.
+        reason: String,
+    },
 }
 
 storage_from!(CommitError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
@@ -203,6 +224,15 @@ pub enum ReadError {
     /// The storage engine failed.
     #[error("the storage engine failed during a read: {0}")]
     Storage(#[source] StorageFailure),
+    /// The file is damaged: the storage engine stopped (panicked, contained) on an
+    /// inconsistency during the read.
+    #[error("the database is damaged: {what} stopped on an inconsistency in the file: {reason}")]
+    Corrupted {
+        /// The operation.
+        what: String,
+        /// What the storage engine said.
+        reason: String,
+    },
 }
 
 storage_from!(ReadError, redb::TransactionError, redb::TableError, redb::StorageError);
@@ -211,4 +241,96 @@ impl From<CodecError> for ReadError {
     fn from(source: CodecError) -> Self {
         Self::Codec { table: "driftless metadata".into(), source }
     }
+}
+
+/// A panic of the storage engine, contained by [`contain`]: redb panics (instead of
+/// returning an error) on some inconsistencies of a damaged file, in ordinary reads and
+/// writes as well as at open.
+#[derive(Debug)]
+pub(crate) struct Contained {
+    pub(crate) what: &'static str,
+    pub(crate) reason: String,
+}
+
+impl From<Contained> for ReadError {
+    fn from(c: Contained) -> Self {
+        Self::Corrupted { what: c.what.to_string(), reason: c.reason }
+    }
+}
+
+impl From<Contained> for CommitError {
+    fn from(c: Contained) -> Self {
+        Self::Corrupted { what: c.what.to_string(), reason: c.reason }
+    }
+}
+
+impl From<Contained> for RegisterError {
+    fn from(c: Contained) -> Self {
+        Self::Corrupted { what: c.what.to_string(), reason: c.reason }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the storage engine stopped on an inconsistency".to_string())
+}
+
+/// A panic of the caller's own code (a callback) inside a contained region: re-raised as it
+/// was, never taken for damage.
+struct CallerPanic(Box<dyn Any + Send>);
+
+thread_local! {
+    /// How many [`contain`] regions this thread is in.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs the caller's callback inside a contained region: a panic in it propagates to the
+/// caller unchanged instead of being reported as damage.
+pub(crate) fn caller<T>(f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(payload) => resume_unwind(Box::new(CallerPanic(payload))),
+    }
+}
+
+/// Runs `f`, turning a panic of the storage engine into [`Contained`] (after calling
+/// `on_panic` with its text, e.g. to poison the store). A panic of a callback run through
+/// [`caller`] is re-raised.
+pub(crate) fn contain<T, E: From<Contained>>(
+    what: &'static str,
+    on_panic: impl FnOnce(&str),
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    DEPTH.with(|d| d.set(d.get().saturating_add(1)));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    let depth = DEPTH.with(|d| {
+        d.set(d.get().saturating_sub(1));
+        d.get()
+    });
+    match result {
+        Ok(r) => r,
+        Err(payload) => match payload.downcast::<CallerPanic>() {
+            // Still inside an outer region: keep the mark for it.
+            Ok(mark) if depth > 0 => resume_unwind(mark),
+            Ok(mark) => resume_unwind(mark.0),
+            Err(payload) => {
+                let reason = panic_message(&*payload);
+                tracing::error!(operation = what, %reason, "the storage engine panicked on a damaged file");
+                on_panic(&reason);
+                Err(Contained { what, reason }.into())
+            }
+        },
+    }
+}
+
+/// [`contain`] for reads, which change nothing and poison nothing.
+pub(crate) fn contain_read<T>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, ReadError>,
+) -> Result<T, ReadError> {
+    contain(what, |_| {}, f)
 }

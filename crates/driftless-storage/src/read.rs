@@ -1,6 +1,6 @@
 //! Read repositories and the read side of the store's bookkeeping.
 
-use crate::error::{CommitError, ReadError};
+use crate::error::{caller, contain_read, CommitError, ReadError};
 use crate::schema::{
     canonical_time, index_key, physical, DeadLetter, HandlerRecord, IndexRow, JournalEntry, KillSwitch,
     ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META,
@@ -63,13 +63,14 @@ impl<K: ViewKey, V: ViewValue> ReadRepository<K, V> {
     /// The row under `key`.
     ///
     /// # Errors
-    /// [`ReadError::Codec`] when the stored row is damaged.
+    /// [`ReadError::Codec`] when the stored row is damaged, [`ReadError::Corrupted`] when
+    /// the file around it is.
     pub fn get(&self, key: &K) -> Result<Option<V>, ReadError> {
         let Some(table) = &self.table else { return Ok(None) };
-        match table.get(key.to_key_bytes().as_slice())? {
+        contain_read("reading a row", || match table.get(key.to_key_bytes().as_slice())? {
             Some(v) => self.decode_value(v.value()).map(Some),
             None => Ok(None),
-        }
+        })
     }
 
     /// How many rows there are.
@@ -78,7 +79,7 @@ impl<K: ViewKey, V: ViewValue> ReadRepository<K, V> {
     /// [`ReadError::Storage`] when storage fails.
     pub fn len(&self) -> Result<u64, ReadError> {
         match &self.table {
-            Some(t) => Ok(t.len()?),
+            Some(t) => contain_read("counting rows", || Ok(t.len()?)),
             None => Ok(0),
         }
     }
@@ -126,13 +127,28 @@ impl<K: ViewKey, V: ViewValue> ReadRepository<K, V> {
                     Bound::Excluded(v) => Bound::Excluded(v.as_slice()),
                     Bound::Unbounded => Bound::Unbounded,
                 };
-                Some(t.range::<&[u8]>((s, e))?)
+                Some(contain_read("starting an iteration", || Ok(t.range::<&[u8]>((s, e))?))?)
             }
             None => None,
         };
-        Ok(inner.into_iter().flatten().map(move |item| {
-            let (k, v) = item?;
-            Ok((self.decode_key(k.value())?, self.decode_value(v.value())?))
+        // Each step may walk into damaged pages: a contained panic ends the iteration
+        // with an error.
+        let mut inner = inner;
+        let mut stopped = false;
+        Ok(std::iter::from_fn(move || {
+            if stopped {
+                return None;
+            }
+            let step = contain_read("iterating", || {
+                Ok(inner.as_mut().and_then(Iterator::next).map(|item| {
+                    let (k, v) = item?;
+                    Ok((self.decode_key(k.value())?, self.decode_value(v.value())?))
+                }))
+            });
+            step.unwrap_or_else(|e| {
+                stopped = true;
+                Some(Err(e))
+            })
         }))
     }
 }
@@ -185,24 +201,29 @@ impl Store {
         &self,
         def: &TableDef<K, V>,
     ) -> Result<ReadAnswer<K, V>, ReadError> {
-        let id = def.id();
-        let txn = self.db.begin_read()?;
-        let rm = txn.open_table(READ_MODELS)?;
-        let rec: ReadModelRecord =
-            get_meta_value(&rm, id.name)?.ok_or_else(|| ReadError::UnknownReadModel(id.name.to_string()))?;
-        if rec.fingerprint != id.fingerprint {
-            return Err(ReadError::SchemaChanged { table: id.name.to_string() });
-        }
-        if let Some(k) = rec.kill_switch {
-            return Ok(ReadAnswer::UseSourceOfTruth { read_model: id.name.to_string(), since: k.engaged_at });
-        }
-        let name = physical(id.name);
-        let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
-            Ok(t) => Some(t),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(ReadAnswer::Ready(ReadRepository { table, name: id.name.to_string(), marker: PhantomData }))
+        contain_read("read", || {
+            let id = def.id();
+            let txn = self.db.begin_read()?;
+            let rm = txn.open_table(READ_MODELS)?;
+            let rec: ReadModelRecord = get_meta_value(&rm, id.name)?
+                .ok_or_else(|| ReadError::UnknownReadModel(id.name.to_string()))?;
+            if rec.fingerprint != id.fingerprint {
+                return Err(ReadError::SchemaChanged { table: id.name.to_string() });
+            }
+            if let Some(k) = rec.kill_switch {
+                return Ok(ReadAnswer::UseSourceOfTruth {
+                    read_model: id.name.to_string(),
+                    since: k.engaged_at,
+                });
+            }
+            let name = physical(id.name);
+            let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            Ok(ReadAnswer::Ready(ReadRepository { table, name: id.name.to_string(), marker: PhantomData }))
+        })
     }
 
     /// The rows of a read model as raw `(key, envelope)` pairs, ignoring its kill switch
@@ -211,19 +232,21 @@ impl Store {
     /// # Errors
     /// [`ReadError::Storage`] when storage fails.
     pub fn raw_rows(&self, read_model: &str) -> Result<Vec<RawRow>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let name = physical(read_model);
-        let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (k, v) = item?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
-        }
-        Ok(out)
+        contain_read("raw_rows", || {
+            let txn = self.db.begin_read()?;
+            let name = physical(read_model);
+            let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     /// One raw row of a read model, ignoring its kill switch.
@@ -231,14 +254,16 @@ impl Store {
     /// # Errors
     /// [`ReadError::Storage`] when storage fails.
     pub fn raw_row(&self, read_model: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let name = physical(read_model);
-        let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+        contain_read("raw_row", || {
+            let txn = self.db.begin_read()?;
+            let name = physical(read_model);
+            let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table.get(key)?.map(|v| v.value().to_vec()))
+        })
     }
 
     /// The last journal position handed out (0 when the journal is empty).
@@ -246,9 +271,11 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn journal_head(&self) -> Result<u64, ReadError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        Ok(get_meta_value(&meta, META_HEAD)?.unwrap_or(0))
+        contain_read("journal_head", || {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            Ok(get_meta_value(&meta, META_HEAD)?.unwrap_or(0))
+        })
     }
 
     /// Up to `limit` journal entries from position `from` on.
@@ -256,17 +283,19 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails or an entry is damaged.
     pub fn journal_range(&self, from: u64, limit: usize) -> Result<Vec<JournalEntry>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let journal = txn.open_table(JOURNAL)?;
-        let mut out = Vec::new();
-        for item in journal.range(from..)?.take(limit) {
-            let (_, v) = item?;
-            out.push(
-                codec::decode(v.value())
-                    .map_err(|source| ReadError::Codec { table: "journal".into(), source })?,
-            );
-        }
-        Ok(out)
+        contain_read("journal_range", || {
+            let txn = self.db.begin_read()?;
+            let journal = txn.open_table(JOURNAL)?;
+            let mut out = Vec::new();
+            for item in journal.range(from..)?.take(limit) {
+                let (_, v) = item?;
+                out.push(
+                    codec::decode(v.value())
+                        .map_err(|source| ReadError::Codec { table: "journal".into(), source })?,
+                );
+            }
+            Ok(out)
+        })
     }
 
     /// Every journal entry of one aggregate, in journal order.
@@ -274,31 +303,33 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails or an entry is damaged.
     pub fn journal_for_aggregate(&self, aggregate_id: &str) -> Result<Vec<JournalEntry>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
-        let journal = txn.open_table(JOURNAL)?;
-        let mut out = Vec::new();
-        let decode = |v: &[u8]| -> Result<JournalEntry, ReadError> {
-            codec::decode(v).map_err(|source| ReadError::Codec { table: "journal".into(), source })
-        };
-        for item in by_aggregate.range((aggregate_id, 0u64)..=(aggregate_id, u64::MAX))? {
-            let (k, _) = item?;
-            let (_, position) = k.value();
-            if let Some(v) = journal.get(position)? {
-                out.push(decode(v.value())?);
+        contain_read("journal_for_aggregate", || {
+            let txn = self.db.begin_read()?;
+            let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
+            let journal = txn.open_table(JOURNAL)?;
+            let mut out = Vec::new();
+            let decode = |v: &[u8]| -> Result<JournalEntry, ReadError> {
+                codec::decode(v).map_err(|source| ReadError::Codec { table: "journal".into(), source })
+            };
+            for item in by_aggregate.range((aggregate_id, 0u64)..=(aggregate_id, u64::MAX))? {
+                let (k, _) = item?;
+                let (_, position) = k.value();
+                if let Some(v) = journal.get(position)? {
+                    out.push(decode(v.value())?);
+                }
             }
-        }
-        // Entries not yet filed in the per-aggregate index.
-        let meta = txn.open_table(META)?;
-        let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
-        for item in journal.range(filed.saturating_add(1)..)? {
-            let (_, v) = item?;
-            let entry = decode(v.value())?;
-            if entry.aggregate_id == aggregate_id {
-                out.push(entry);
+            // Entries not yet filed in the per-aggregate index.
+            let meta = txn.open_table(META)?;
+            let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
+            for item in journal.range(filed.saturating_add(1)..)? {
+                let (_, v) = item?;
+                let entry = decode(v.value())?;
+                if entry.aggregate_id == aggregate_id {
+                    out.push(entry);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The distinct aggregate ids in the journal, in byte order, up to `limit`.
@@ -306,36 +337,38 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn journal_aggregates(&self, limit: usize) -> Result<Vec<String>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
-        let mut out: Vec<String> = Vec::new();
-        let mut next: Option<String> = None;
-        while out.len() < limit {
-            let mut range = match &next {
-                Some(after) => by_aggregate.range((after.as_str(), u64::MAX)..)?,
-                None => by_aggregate.range::<(&str, u64)>(..)?,
-            };
-            let Some(item) = range.next() else { break };
-            let (k, _) = item?;
-            let (aggregate, _) = k.value();
-            if next.as_deref() == Some(aggregate) {
-                break;
+        contain_read("journal_aggregates", || {
+            let txn = self.db.begin_read()?;
+            let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
+            let mut out: Vec<String> = Vec::new();
+            let mut next: Option<String> = None;
+            while out.len() < limit {
+                let mut range = match &next {
+                    Some(after) => by_aggregate.range((after.as_str(), u64::MAX)..)?,
+                    None => by_aggregate.range::<(&str, u64)>(..)?,
+                };
+                let Some(item) = range.next() else { break };
+                let (k, _) = item?;
+                let (aggregate, _) = k.value();
+                if next.as_deref() == Some(aggregate) {
+                    break;
+                }
+                out.push(aggregate.to_string());
+                next = Some(aggregate.to_string());
             }
-            out.push(aggregate.to_string());
-            next = Some(aggregate.to_string());
-        }
-        // Entries not yet filed in the per-aggregate index.
-        let meta = txn.open_table(META)?;
-        let journal = txn.open_table(JOURNAL)?;
-        let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
-        let mut all: std::collections::BTreeSet<String> = out.into_iter().collect();
-        for item in journal.range(filed.saturating_add(1)..)? {
-            let (_, v) = item?;
-            let entry: JournalEntry = codec::decode(v.value())
-                .map_err(|source| ReadError::Codec { table: "journal".into(), source })?;
-            all.insert(entry.aggregate_id);
-        }
-        Ok(all.into_iter().take(limit).collect())
+            // Entries not yet filed in the per-aggregate index.
+            let meta = txn.open_table(META)?;
+            let journal = txn.open_table(JOURNAL)?;
+            let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
+            let mut all: std::collections::BTreeSet<String> = out.into_iter().collect();
+            for item in journal.range(filed.saturating_add(1)..)? {
+                let (_, v) = item?;
+                let entry: JournalEntry = codec::decode(v.value())
+                    .map_err(|source| ReadError::Codec { table: "journal".into(), source })?;
+                all.insert(entry.aggregate_id);
+            }
+            Ok(all.into_iter().take(limit).collect())
+        })
     }
 
     /// The stored record of one handler.
@@ -343,9 +376,11 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn handler_record(&self, handler: &str) -> Result<Option<HandlerRecord>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(HANDLERS)?;
-        get_meta_value(&t, handler)
+        contain_read("handler_record", || {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(HANDLERS)?;
+            get_meta_value(&t, handler)
+        })
     }
 
     /// Every handler record, by name.
@@ -353,14 +388,16 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn handler_records(&self) -> Result<Vec<(String, HandlerRecord)>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(HANDLERS)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            out.push((k.value().to_string(), codec::decode(v.value())?));
-        }
-        Ok(out)
+        contain_read("handler_records", || {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(HANDLERS)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.push((k.value().to_string(), codec::decode(v.value())?));
+            }
+            Ok(out)
+        })
     }
 
     /// Every read-model record, by name.
@@ -368,14 +405,16 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn read_model_records(&self) -> Result<Vec<(String, ReadModelRecord)>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(READ_MODELS)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            out.push((k.value().to_string(), codec::decode(v.value())?));
-        }
-        Ok(out)
+        contain_read("read_model_records", || {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(READ_MODELS)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.push((k.value().to_string(), codec::decode(v.value())?));
+            }
+            Ok(out)
+        })
     }
 
     /// The recorded offset of `(event_id, handler)`: when it was applied and the payload
@@ -384,21 +423,23 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn offset(&self, event_id: &str, handler: &str) -> Result<Option<OffsetRecord>, ReadError> {
-        let Some(rec) = self.handler_record(handler)? else { return Ok(None) };
-        let txn = self.db.begin_read()?;
-        let index = txn.open_table(EVENT_INDEX)?;
-        let ids = txn.open_table(EVENT_IDS)?;
-        let filed_at = match ids.get(event_id)? {
-            Some(b) => Some(codec::decode::<u64>(b.value())?),
-            None => canonical_time(event_id),
-        };
-        let Some(filed_at) = filed_at else { return Ok(None) };
-        let Some(bytes) = index.get(index_key(filed_at, event_id).as_slice())? else { return Ok(None) };
-        let row: IndexRow = codec::decode(bytes.value())?;
-        Ok(row.has(rec.slot).then(|| OffsetRecord {
-            applied_at: Timestamp(row.applied_at_of(rec.slot)),
-            payload_hash: row.payload_hash(),
-        }))
+        contain_read("offset", || {
+            let Some(rec) = self.handler_record(handler)? else { return Ok(None) };
+            let txn = self.db.begin_read()?;
+            let index = txn.open_table(EVENT_INDEX)?;
+            let ids = txn.open_table(EVENT_IDS)?;
+            let filed_at = match ids.get(event_id)? {
+                Some(b) => Some(codec::decode::<u64>(b.value())?),
+                None => canonical_time(event_id),
+            };
+            let Some(filed_at) = filed_at else { return Ok(None) };
+            let Some(bytes) = index.get(index_key(filed_at, event_id).as_slice())? else { return Ok(None) };
+            let row: IndexRow = codec::decode(bytes.value())?;
+            Ok(row.has(rec.slot).then(|| OffsetRecord {
+                applied_at: Timestamp(row.applied_at_of(rec.slot)),
+                payload_hash: row.payload_hash(),
+            }))
+        })
     }
 
     /// How many event ids have at least one offset.
@@ -406,8 +447,10 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn offset_count(&self) -> Result<u64, ReadError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(EVENT_INDEX)?.len()?)
+        contain_read("offset_count", || {
+            let txn = self.db.begin_read()?;
+            Ok(txn.open_table(EVENT_INDEX)?.len()?)
+        })
     }
 
     /// Dead letters, of one handler or of all, in (handler, event id) order.
@@ -415,18 +458,20 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn dead_letters(&self, handler: Option<&str>) -> Result<Vec<DeadLetter>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(DEAD_LETTERS)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            let (h, _) = k.value();
-            if handler.is_some_and(|want| want != h) {
-                continue;
+        contain_read("dead_letters", || {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(DEAD_LETTERS)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let (h, _) = k.value();
+                if handler.is_some_and(|want| want != h) {
+                    continue;
+                }
+                out.push(codec::decode(v.value())?);
             }
-            out.push(codec::decode(v.value())?);
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One dead letter.
@@ -434,12 +479,14 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn dead_letter(&self, handler: &str, event_id: &str) -> Result<Option<DeadLetter>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(DEAD_LETTERS)?;
-        match t.get((handler, event_id))? {
-            Some(v) => Ok(Some(codec::decode(v.value())?)),
-            None => Ok(None),
-        }
+        contain_read("dead_letter", || {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(DEAD_LETTERS)?;
+            match t.get((handler, event_id))? {
+                Some(v) => Ok(Some(codec::decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Discards a dead letter without applying it. Returns whether it existed.
@@ -447,25 +494,29 @@ impl Store {
     /// # Errors
     /// [`CommitError`] when the write fails.
     pub fn discard_dead_letter(&self, handler: &str, event_id: &str) -> Result<bool, CommitError> {
-        let txn = self.begin_write()?;
-        let existed = {
-            let mut t = txn.open_table(DEAD_LETTERS).map_err(|e| self.fail(e))?;
-            let existed = t.remove((handler, event_id)).map_err(|e| self.fail(e))?.is_some();
-            if existed {
-                let mut handlers = txn.open_table(HANDLERS).map_err(|e| self.fail(e))?;
-                let rec: Option<HandlerRecord> = match handlers.get(handler).map_err(|e| self.fail(e))? {
-                    Some(b) => Some(codec::decode(b.value())?),
-                    None => None,
-                };
-                if let Some(mut rec) = rec {
-                    rec.dead_letters = rec.dead_letters.saturating_sub(1);
-                    handlers.insert(handler, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+        self.contain_write("discard_dead_letter", || {
+            let txn = self.begin_write()?;
+            let existed = {
+                let mut t = txn.open_table(DEAD_LETTERS).map_err(|e| self.fail(e))?;
+                let existed = t.remove((handler, event_id)).map_err(|e| self.fail(e))?.is_some();
+                if existed {
+                    let mut handlers = txn.open_table(HANDLERS).map_err(|e| self.fail(e))?;
+                    let rec: Option<HandlerRecord> = match handlers.get(handler).map_err(|e| self.fail(e))? {
+                        Some(b) => Some(codec::decode(b.value())?),
+                        None => None,
+                    };
+                    if let Some(mut rec) = rec {
+                        rec.dead_letters = rec.dead_letters.saturating_sub(1);
+                        handlers
+                            .insert(handler, codec::encode(&rec)?.as_slice())
+                            .map_err(|e| self.fail(e))?;
+                    }
                 }
-            }
-            existed
-        };
-        self.commit(txn)?;
-        Ok(existed)
+                existed
+            };
+            self.commit(txn)?;
+            Ok(existed)
+        })
     }
 
     /// Engages (`Some`) or releases (`None`) the kill switch of a read model. With
@@ -476,40 +527,42 @@ impl Store {
     /// [`CommitError::UnknownReadModel`]; [`CommitError::NoJournal`] when pausing without a
     /// journal to catch up from.
     pub fn set_kill_switch(&self, read_model: &str, switch: Option<KillSwitch>) -> Result<(), CommitError> {
-        if switch.is_some_and(|s| s.pause_projection) && !self.journal_enabled() {
-            return Err(CommitError::NoJournal);
-        }
-        let txn = self.begin_write()?;
-        {
-            let mut rm = txn.open_table(READ_MODELS).map_err(|e| self.fail(e))?;
-            let mut rec: ReadModelRecord = match rm.get(read_model).map_err(|e| self.fail(e))? {
-                Some(b) => codec::decode(b.value())?,
-                None => return Err(CommitError::UnknownReadModel(read_model.to_string())),
-            };
-            rec.kill_switch = switch;
-            rm.insert(read_model, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
-            let mut handlers = txn.open_table(HANDLERS).map_err(|e| self.fail(e))?;
-            let owner: Option<HandlerRecord> =
-                match handlers.get(rec.owner.as_str()).map_err(|e| self.fail(e))? {
-                    Some(b) => Some(codec::decode(b.value())?),
-                    None => None,
-                };
-            if let Some(mut h) = owner {
-                // The handler pauses while any of its tables has a pausing switch engaged.
-                let mut paused = switch.is_some_and(|s| s.pause_projection);
-                for table in h.tables.iter().filter(|t| t.as_str() != read_model) {
-                    if let Some(b) = rm.get(table.as_str()).map_err(|e| self.fail(e))? {
-                        let other: ReadModelRecord = codec::decode(b.value())?;
-                        paused |= other.kill_switch.is_some_and(|s| s.pause_projection);
-                    }
-                }
-                h.paused = paused;
-                handlers
-                    .insert(rec.owner.as_str(), codec::encode(&h)?.as_slice())
-                    .map_err(|e| self.fail(e))?;
+        self.contain_write("set_kill_switch", || {
+            if switch.is_some_and(|s| s.pause_projection) && !self.journal_enabled() {
+                return Err(CommitError::NoJournal);
             }
-        }
-        self.commit(txn)
+            let txn = self.begin_write()?;
+            {
+                let mut rm = txn.open_table(READ_MODELS).map_err(|e| self.fail(e))?;
+                let mut rec: ReadModelRecord = match rm.get(read_model).map_err(|e| self.fail(e))? {
+                    Some(b) => codec::decode(b.value())?,
+                    None => return Err(CommitError::UnknownReadModel(read_model.to_string())),
+                };
+                rec.kill_switch = switch;
+                rm.insert(read_model, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
+                let mut handlers = txn.open_table(HANDLERS).map_err(|e| self.fail(e))?;
+                let owner: Option<HandlerRecord> =
+                    match handlers.get(rec.owner.as_str()).map_err(|e| self.fail(e))? {
+                        Some(b) => Some(codec::decode(b.value())?),
+                        None => None,
+                    };
+                if let Some(mut h) = owner {
+                    // The handler pauses while any of its tables has a pausing switch engaged.
+                    let mut paused = switch.is_some_and(|s| s.pause_projection);
+                    for table in h.tables.iter().filter(|t| t.as_str() != read_model) {
+                        if let Some(b) = rm.get(table.as_str()).map_err(|e| self.fail(e))? {
+                            let other: ReadModelRecord = codec::decode(b.value())?;
+                            paused |= other.kill_switch.is_some_and(|s| s.pause_projection);
+                        }
+                    }
+                    h.paused = paused;
+                    handlers
+                        .insert(rec.owner.as_str(), codec::encode(&h)?.as_slice())
+                        .map_err(|e| self.fail(e))?;
+                }
+            }
+            self.commit(txn)
+        })
     }
 
     /// The kill switch of a read model, if engaged.
@@ -517,11 +570,13 @@ impl Store {
     /// # Errors
     /// [`ReadError::UnknownReadModel`].
     pub fn kill_switch(&self, read_model: &str) -> Result<Option<KillSwitch>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let rm = txn.open_table(READ_MODELS)?;
-        let rec: ReadModelRecord = get_meta_value(&rm, read_model)?
-            .ok_or_else(|| ReadError::UnknownReadModel(read_model.to_string()))?;
-        Ok(rec.kill_switch)
+        contain_read("kill_switch", || {
+            let txn = self.db.begin_read()?;
+            let rm = txn.open_table(READ_MODELS)?;
+            let rec: ReadModelRecord = get_meta_value(&rm, read_model)?
+                .ok_or_else(|| ReadError::UnknownReadModel(read_model.to_string()))?;
+            Ok(rec.kill_switch)
+        })
     }
 
     /// Reads a named metadata record (leases, schedules, health), namespaced by the caller.
@@ -529,9 +584,11 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails or the record is damaged.
     pub fn meta_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        get_meta_value(&meta, &format!("x/{key}"))
+        contain_read("meta_get", || {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            get_meta_value(&meta, &format!("x/{key}"))
+        })
     }
 
     /// Reads, changes and writes a named metadata record in one write transaction:
@@ -545,32 +602,34 @@ impl Store {
         key: &str,
         update: impl FnOnce(Option<T>) -> (Option<T>, R),
     ) -> Result<R, CommitError> {
-        let key = format!("x/{key}");
-        let txn = self.begin_write()?;
-        let (result, changed) = {
-            let mut meta = txn.open_table(META).map_err(|e| self.fail(e))?;
-            let stored: Option<Vec<u8>> =
-                meta.get(key.as_str()).map_err(|e| self.fail(e))?.map(|b| b.value().to_vec());
-            let current: Option<T> = stored.as_deref().map(codec::decode).transpose()?;
-            let (next, result) = update(current);
-            let next = next.map(|v| codec::encode(&v)).transpose()?;
-            let changed = next != stored;
-            if changed {
-                match &next {
-                    Some(v) => meta.insert(key.as_str(), v.as_slice()).map(drop),
-                    None => meta.remove(key.as_str()).map(drop),
+        self.contain_write("meta_update", || {
+            let key = format!("x/{key}");
+            let txn = self.begin_write()?;
+            let (result, changed) = {
+                let mut meta = txn.open_table(META).map_err(|e| self.fail(e))?;
+                let stored: Option<Vec<u8>> =
+                    meta.get(key.as_str()).map_err(|e| self.fail(e))?.map(|b| b.value().to_vec());
+                let current: Option<T> = stored.as_deref().map(codec::decode).transpose()?;
+                let (next, result) = caller(|| update(current));
+                let next = next.map(|v| codec::encode(&v)).transpose()?;
+                let changed = next != stored;
+                if changed {
+                    match &next {
+                        Some(v) => meta.insert(key.as_str(), v.as_slice()).map(drop),
+                        None => meta.remove(key.as_str()).map(drop),
+                    }
+                    .map_err(|e| self.fail(e))?;
                 }
-                .map_err(|e| self.fail(e))?;
+                (result, changed)
+            };
+            // An update that changes nothing is not committed (and costs no sync).
+            if changed {
+                self.commit(txn)?;
+            } else {
+                txn.abort().map_err(|e| self.fail(e))?;
             }
-            (result, changed)
-        };
-        // An update that changes nothing is not committed (and costs no sync).
-        if changed {
-            self.commit(txn)?;
-        } else {
-            txn.abort().map_err(|e| self.fail(e))?;
-        }
-        Ok(result)
+            Ok(result)
+        })
     }
 
     /// Writes a row of a read model behind its projector's back, with a valid envelope.
@@ -580,18 +639,20 @@ impl Store {
     /// # Errors
     /// [`CommitError`] when the write fails.
     pub fn tamper_row(&self, read_model: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), CommitError> {
-        let txn = self.begin_write()?;
-        {
-            let name = physical(read_model);
-            let mut t =
-                txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)).map_err(|e| self.fail(e))?;
-            match value {
-                Some(v) => t.insert(key, v).map(drop),
-                None => t.remove(key).map(drop),
+        self.contain_write("tamper_row", || {
+            let txn = self.begin_write()?;
+            {
+                let name = physical(read_model);
+                let mut t =
+                    txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)).map_err(|e| self.fail(e))?;
+                match value {
+                    Some(v) => t.insert(key, v).map(drop),
+                    None => t.remove(key).map(drop),
+                }
+                .map_err(|e| self.fail(e))?;
             }
-            .map_err(|e| self.fail(e))?;
-        }
-        self.commit(txn)
+            self.commit(txn)
+        })
     }
 
     /// Storage figures of every table, for disk-cost reports.
@@ -599,36 +660,38 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn table_figures(&self) -> Result<Vec<TableFigures>, ReadError> {
-        let txn = self.db.begin_read()?;
-        let mut out = Vec::new();
-        for handle in txn.list_tables()? {
-            let name = redb::TableHandle::name(&handle).to_string();
-            let figures = |stats: redb::TableStats, entries: u64| TableFigures {
-                table: name.clone(),
-                entries,
-                stored_bytes: stats.stored_bytes(),
-                metadata_bytes: stats.metadata_bytes(),
-                fragmented_bytes: stats.fragmented_bytes(),
-            };
-            let row = if name == JOURNAL.name() {
-                let t = txn.open_table(JOURNAL)?;
-                figures(t.stats()?, t.len()?)
-            } else if name == JOURNAL_BY_AGGREGATE.name() {
-                let t = txn.open_table(JOURNAL_BY_AGGREGATE)?;
-                figures(t.stats()?, t.len()?)
-            } else if name == DEAD_LETTERS.name() {
-                let t = txn.open_table(DEAD_LETTERS)?;
-                figures(t.stats()?, t.len()?)
-            } else if name.starts_with("rm.") || name == EVENT_INDEX.name() {
-                let t = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
-                figures(t.stats()?, t.len()?)
-            } else {
-                let t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
-                figures(t.stats()?, t.len()?)
-            };
-            out.push(row);
-        }
-        Ok(out)
+        contain_read("table_figures", || {
+            let txn = self.db.begin_read()?;
+            let mut out = Vec::new();
+            for handle in txn.list_tables()? {
+                let name = redb::TableHandle::name(&handle).to_string();
+                let figures = |stats: redb::TableStats, entries: u64| TableFigures {
+                    table: name.clone(),
+                    entries,
+                    stored_bytes: stats.stored_bytes(),
+                    metadata_bytes: stats.metadata_bytes(),
+                    fragmented_bytes: stats.fragmented_bytes(),
+                };
+                let row = if name == JOURNAL.name() {
+                    let t = txn.open_table(JOURNAL)?;
+                    figures(t.stats()?, t.len()?)
+                } else if name == JOURNAL_BY_AGGREGATE.name() {
+                    let t = txn.open_table(JOURNAL_BY_AGGREGATE)?;
+                    figures(t.stats()?, t.len()?)
+                } else if name == DEAD_LETTERS.name() {
+                    let t = txn.open_table(DEAD_LETTERS)?;
+                    figures(t.stats()?, t.len()?)
+                } else if name.starts_with("rm.") || name == EVENT_INDEX.name() {
+                    let t = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
+                    figures(t.stats()?, t.len()?)
+                } else {
+                    let t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+                    figures(t.stats()?, t.len()?)
+                };
+                out.push(row);
+            }
+            Ok(out)
+        })
     }
 
     /// Checks the envelope (version and checksum) of every stored value in every table.
@@ -636,41 +699,43 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn scan_values(&self) -> Result<ValueScan, ReadError> {
-        let txn = self.db.begin_read()?;
-        let mut scan = ValueScan::default();
-        let mut check = |table: &str, key: String, value: &[u8]| {
-            scan.checked += 1;
-            if let Err(e) = codec::verify(value) {
-                scan.damaged.push((table.to_string(), key, e.to_string()));
+        contain_read("scan_values", || {
+            let txn = self.db.begin_read()?;
+            let mut scan = ValueScan::default();
+            let mut check = |table: &str, key: String, value: &[u8]| {
+                scan.checked += 1;
+                if let Err(e) = codec::verify(value) {
+                    scan.damaged.push((table.to_string(), key, e.to_string()));
+                }
+            };
+            for handle in txn.list_tables()? {
+                let name = redb::TableHandle::name(&handle).to_string();
+                if name == JOURNAL_BY_AGGREGATE.name() {
+                    continue;
+                } else if name == JOURNAL.name() {
+                    for item in txn.open_table(JOURNAL)?.iter()? {
+                        let (k, v) = item?;
+                        check(&name, k.value().to_string(), v.value());
+                    }
+                } else if name == DEAD_LETTERS.name() {
+                    for item in txn.open_table(DEAD_LETTERS)?.iter()? {
+                        let (k, v) = item?;
+                        let (h, id) = k.value();
+                        check(&name, format!("{h}/{id}"), v.value());
+                    }
+                } else if name.starts_with("rm.") || name == EVENT_INDEX.name() {
+                    for item in txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?.iter()? {
+                        let (k, v) = item?;
+                        check(&name, String::from_utf8_lossy(k.value()).into_owned(), v.value());
+                    }
+                } else {
+                    for item in txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?.iter()? {
+                        let (k, v) = item?;
+                        check(&name, k.value().to_string(), v.value());
+                    }
+                }
             }
-        };
-        for handle in txn.list_tables()? {
-            let name = redb::TableHandle::name(&handle).to_string();
-            if name == JOURNAL_BY_AGGREGATE.name() {
-                continue;
-            } else if name == JOURNAL.name() {
-                for item in txn.open_table(JOURNAL)?.iter()? {
-                    let (k, v) = item?;
-                    check(&name, k.value().to_string(), v.value());
-                }
-            } else if name == DEAD_LETTERS.name() {
-                for item in txn.open_table(DEAD_LETTERS)?.iter()? {
-                    let (k, v) = item?;
-                    let (h, id) = k.value();
-                    check(&name, format!("{h}/{id}"), v.value());
-                }
-            } else if name.starts_with("rm.") || name == EVENT_INDEX.name() {
-                for item in txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?.iter()? {
-                    let (k, v) = item?;
-                    check(&name, String::from_utf8_lossy(k.value()).into_owned(), v.value());
-                }
-            } else {
-                for item in txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?.iter()? {
-                    let (k, v) = item?;
-                    check(&name, k.value().to_string(), v.value());
-                }
-            }
-        }
-        Ok(scan)
+            Ok(scan)
+        })
     }
 }

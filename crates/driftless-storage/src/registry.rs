@@ -1,7 +1,7 @@
 //! Registering projectors and views with a database: handler slots, table ownership and
 //! schema fingerprints.
 
-use crate::error::{CommitError, RegisterError};
+use crate::error::{caller, contain, CommitError, RegisterError};
 use crate::schema::{physical, HandlerRecord, ReadModelKind, ReadModelRecord, HANDLERS, META, READ_MODELS};
 use crate::store::Store;
 use driftless_domain::{codec, Event, HandlerName, Projector, TableId, TableSlot};
@@ -84,127 +84,139 @@ impl Store {
         projectors: Vec<Arc<dyn Projector<E>>>,
         views: &[(TableId, String)],
     ) -> Result<Registry<E>, RegisterError> {
-        let mut owners: HashMap<&'static str, String> = HashMap::new();
-        let mut seen_handlers: Vec<HandlerName> = Vec::new();
-        for p in &projectors {
-            let name = p.handler_name();
-            if seen_handlers.contains(&name) {
-                return Err(RegisterError::DuplicateHandler(name));
-            }
-            for t in p.tables() {
-                claim(&mut owners, t, name.as_str())?;
-            }
-            seen_handlers.push(name);
-        }
-        for (t, view) in views {
-            claim(&mut owners, *t, view)?;
-        }
+        contain(
+            "register",
+            |reason| self.poison(format!("register: {reason}")),
+            || {
+                let mut owners: HashMap<&'static str, String> = HashMap::new();
+                let mut seen_handlers: Vec<HandlerName> = Vec::new();
+                for p in &projectors {
+                    let name = caller(|| p.handler_name());
+                    if seen_handlers.contains(&name) {
+                        return Err(RegisterError::DuplicateHandler(name));
+                    }
+                    for t in caller(|| p.tables()) {
+                        claim(&mut owners, t, name.as_str())?;
+                    }
+                    seen_handlers.push(name);
+                }
+                for (t, view) in views {
+                    claim(&mut owners, *t, view)?;
+                }
 
-        let txn = self.begin_write().map_err(commit_to_register)?;
-        let mut handlers = Vec::with_capacity(projectors.len());
-        let mut all_tables: Vec<TableId> = Vec::new();
-        let mut needs_rebuild = Vec::new();
-        // A storage failure inside the transaction poisons the store like a failed commit:
-        // redb may already have written part of it.
-        let written = (|| -> Result<(), RegisterError> {
-            let mut meta = txn.open_table(META)?;
-            let mut handler_table = txn.open_table(HANDLERS)?;
-            let mut rm_table = txn.open_table(READ_MODELS)?;
-            let mut next_slot: u32 = match meta.get(META_NEXT_SLOT)? {
-                Some(b) => codec::decode(b.value())?,
-                None => 0,
-            };
-            for projector in projectors {
-                let name = projector.handler_name();
-                let declared = projector.tables();
-                let existing: Option<HandlerRecord> = match handler_table.get(name.as_str())? {
-                    Some(b) => Some(codec::decode(b.value())?),
-                    None => None,
-                };
-                let mut record = existing.unwrap_or_else(|| {
-                    let slot = next_slot;
-                    next_slot = next_slot.saturating_add(1);
-                    HandlerRecord {
-                        slot,
-                        seen: 0,
-                        applied: 0,
-                        last_occurred_at: None,
-                        last_applied_at: None,
-                        last_commit_lag_ms: None,
-                        dead_letters: 0,
-                        tables: Vec::new(),
-                        paused: false,
-                    }
-                });
-                let mut rebuild = false;
-                let mut slots = Vec::with_capacity(declared.len());
-                for t in &declared {
-                    let prior: Option<ReadModelRecord> = match rm_table.get(t.name)? {
-                        Some(b) => Some(codec::decode(b.value())?),
-                        None => None,
+                let txn = self.begin_write().map_err(commit_to_register)?;
+                let mut handlers = Vec::with_capacity(projectors.len());
+                let mut all_tables: Vec<TableId> = Vec::new();
+                let mut needs_rebuild = Vec::new();
+                // A storage failure inside the transaction poisons the store like a failed commit:
+                // redb may already have written part of it.
+                let written = (|| -> Result<(), RegisterError> {
+                    let mut meta = txn.open_table(META)?;
+                    let mut handler_table = txn.open_table(HANDLERS)?;
+                    let mut rm_table = txn.open_table(READ_MODELS)?;
+                    let mut next_slot: u32 = match meta.get(META_NEXT_SLOT)? {
+                        Some(b) => codec::decode(b.value())?,
+                        None => 0,
                     };
-                    match prior {
-                        Some(p) if p.owner != name.as_str() || p.fingerprint != t.fingerprint => {
-                            tracing::warn!(table = t.name, handler = %name, "read model needs a rebuild: its owner or schema changed");
-                            rebuild = true;
-                        }
-                        Some(_) => {}
-                        None => {
-                            let rec = ReadModelRecord {
-                                owner: name.to_string(),
-                                kind: ReadModelKind::Projected,
-                                fingerprint: t.fingerprint,
-                                kill_switch: None,
-                                refreshed_at: None,
+                    for projector in projectors {
+                        let name = caller(|| projector.handler_name());
+                        let declared = caller(|| projector.tables());
+                        let existing: Option<HandlerRecord> = match handler_table.get(name.as_str())? {
+                            Some(b) => Some(codec::decode(b.value())?),
+                            None => None,
+                        };
+                        let mut record = existing.unwrap_or_else(|| {
+                            let slot = next_slot;
+                            next_slot = next_slot.saturating_add(1);
+                            HandlerRecord {
+                                slot,
+                                seen: 0,
+                                applied: 0,
+                                last_occurred_at: None,
+                                last_applied_at: None,
+                                last_commit_lag_ms: None,
+                                dead_letters: 0,
+                                tables: Vec::new(),
+                                paused: false,
+                            }
+                        });
+                        let mut rebuild = false;
+                        let mut slots = Vec::with_capacity(declared.len());
+                        for t in &declared {
+                            let prior: Option<ReadModelRecord> = match rm_table.get(t.name)? {
+                                Some(b) => Some(codec::decode(b.value())?),
+                                None => None,
                             };
-                            rm_table.insert(t.name, codec::encode(&rec)?.as_slice())?;
+                            match prior {
+                                Some(p) if p.owner != name.as_str() || p.fingerprint != t.fingerprint => {
+                                    tracing::warn!(table = t.name, handler = %name, "read model needs a rebuild: its owner or schema changed");
+                                    rebuild = true;
+                                }
+                                Some(_) => {}
+                                None => {
+                                    let rec = ReadModelRecord {
+                                        owner: name.to_string(),
+                                        kind: ReadModelKind::Projected,
+                                        fingerprint: t.fingerprint,
+                                        kill_switch: None,
+                                        refreshed_at: None,
+                                    };
+                                    rm_table.insert(t.name, codec::encode(&rec)?.as_slice())?;
+                                }
+                            }
+                            let physical_name = physical(t.name);
+                            txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
+                            slots.push(TableSlot { id: *t, slot: all_tables.len() });
+                            all_tables.push(*t);
                         }
+                        record.tables = declared.iter().map(|t| t.name.to_string()).collect();
+                        handler_table.insert(name.as_str(), codec::encode(&record)?.as_slice())?;
+                        if rebuild {
+                            needs_rebuild.push(name.clone());
+                        }
+                        handlers.push(RegisteredHandler {
+                            name,
+                            slot: record.slot,
+                            projector,
+                            tables: slots,
+                        });
                     }
-                    let physical_name = physical(t.name);
-                    txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
-                    slots.push(TableSlot { id: *t, slot: all_tables.len() });
-                    all_tables.push(*t);
+                    for (t, view) in views {
+                        let prior: Option<ReadModelRecord> = match rm_table.get(t.name)? {
+                            Some(b) => Some(codec::decode(b.value())?),
+                            None => None,
+                        };
+                        let changed = prior
+                            .as_ref()
+                            .is_some_and(|p| p.fingerprint != t.fingerprint || p.owner != *view);
+                        let mut rec = prior.unwrap_or(ReadModelRecord {
+                            owner: view.clone(),
+                            kind: ReadModelKind::View,
+                            fingerprint: t.fingerprint,
+                            kill_switch: None,
+                            refreshed_at: None,
+                        });
+                        let physical_name = physical(t.name);
+                        if changed {
+                            txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
+                            rec.fingerprint = t.fingerprint;
+                            rec.owner = view.clone();
+                            rec.refreshed_at = None;
+                        }
+                        txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
+                        rm_table.insert(t.name, codec::encode(&rec)?.as_slice())?;
+                    }
+                    meta.insert(META_NEXT_SLOT, codec::encode(&next_slot)?.as_slice())?;
+                    Ok(())
+                })();
+                if let Err(RegisterError::Storage(failure)) = &written {
+                    self.poison(failure.message());
                 }
-                record.tables = declared.iter().map(|t| t.name.to_string()).collect();
-                handler_table.insert(name.as_str(), codec::encode(&record)?.as_slice())?;
-                if rebuild {
-                    needs_rebuild.push(name.clone());
-                }
-                handlers.push(RegisteredHandler { name, slot: record.slot, projector, tables: slots });
-            }
-            for (t, view) in views {
-                let prior: Option<ReadModelRecord> = match rm_table.get(t.name)? {
-                    Some(b) => Some(codec::decode(b.value())?),
-                    None => None,
-                };
-                let changed =
-                    prior.as_ref().is_some_and(|p| p.fingerprint != t.fingerprint || p.owner != *view);
-                let mut rec = prior.unwrap_or(ReadModelRecord {
-                    owner: view.clone(),
-                    kind: ReadModelKind::View,
-                    fingerprint: t.fingerprint,
-                    kill_switch: None,
-                    refreshed_at: None,
-                });
-                let physical_name = physical(t.name);
-                if changed {
-                    txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
-                    rec.fingerprint = t.fingerprint;
-                    rec.owner = view.clone();
-                    rec.refreshed_at = None;
-                }
-                txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
-                rm_table.insert(t.name, codec::encode(&rec)?.as_slice())?;
-            }
-            meta.insert(META_NEXT_SLOT, codec::encode(&next_slot)?.as_slice())?;
-            Ok(())
-        })();
-        if let Err(RegisterError::Storage(failure)) = &written {
-            self.poison(failure.message());
-        }
-        written?;
-        self.commit(txn).map_err(commit_to_register)?;
-        Ok(Registry { handlers, tables: all_tables, needs_rebuild })
+                written?;
+                self.commit(txn).map_err(commit_to_register)?;
+                Ok(Registry { handlers, tables: all_tables, needs_rebuild })
+            },
+        )
     }
 }
 

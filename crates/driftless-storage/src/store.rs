@@ -45,7 +45,7 @@ impl Default for StoreOptions {
 /// It owns the redb database and latches the first commit failure: after it, every write
 /// returns [`Poisoned`] until the store is dropped and reopened.
 pub struct Store {
-    pub(crate) db: Database,
+    pub(crate) db: DbHandle,
     pub(crate) path: PathBuf,
     pub(crate) options: StoreOptions,
     poison: Mutex<Option<String>>,
@@ -132,7 +132,7 @@ impl Store {
             Err(source) => return Err(OpenError::Io { path, source }),
         }
         let db = guarded(&path, || builder(&options).open(&path).map_err(|e| map_database_error(&path, e)))?;
-        Self::finish_open(db, path, options)
+        Self::finish_open(DbHandle::new(db), path, options)
     }
 
     /// Opens (or creates, if empty) a database on a custom redb storage backend, such as a
@@ -145,9 +145,9 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Self, OpenError> {
         let path = PathBuf::from("<backend>");
-        let db = guarded(&path, || {
+        let db = DbHandle::new(guarded(&path, || {
             builder(&options).create_with_backend(backend).map_err(|e| map_database_error(&path, e))
-        })?;
+        })?);
         let fresh = guarded(&path, || {
             let txn = db.begin_read()?;
             Ok(match txn.open_table(META) {
@@ -162,7 +162,7 @@ impl Store {
         Self::finish_open(db, path, options)
     }
 
-    fn finish_open(db: Database, path: PathBuf, options: StoreOptions) -> Result<Self, OpenError> {
+    fn finish_open(db: DbHandle, path: PathBuf, options: StoreOptions) -> Result<Self, OpenError> {
         guarded(&path, || check_format(&db, &path))?;
         Ok(Self { db, path, options, poison: Mutex::new(None) })
     }
@@ -230,6 +230,17 @@ impl Store {
         let failure = StorageFailure::new(e);
         self.poison(failure.message());
         CommitError::Storage(failure)
+    }
+
+    /// Closes the database and reports how the close went (dropping a store closes it too,
+    /// but silently). The close records the allocator state, so that the next open needs no
+    /// repair, and makes a pending non-durable commit durable.
+    ///
+    /// # Errors
+    /// [`CommitError::Storage`] when the close failed: what was committed with immediate
+    /// durability stands, and the next open repairs the file.
+    pub fn close(self) -> Result<(), CommitError> {
+        self.db.close().map_err(|e| CommitError::Storage(StorageFailure::new(e)))
     }
 
     /// Runs redb's integrity check (every page checksum, the allocator state).
@@ -349,4 +360,57 @@ fn check_format(db: &Database, path: &Path) -> Result<(), OpenError> {
         });
     }
     Ok(())
+}
+
+/// The store's redb database, closed on drop with any panic of the close contained.
+///
+/// Closing a database records its allocator state, a write; on a damaged file redb may
+/// panic there, and a panic in a destructor (possibly during unwinding, which aborts) is
+/// never acceptable. Dropping a store closes quietly, as before; a close that stopped on
+/// damage leaves the file to be repaired at the next open.
+pub(crate) struct DbHandle(Option<Database>);
+
+impl DbHandle {
+    pub(crate) fn new(db: Database) -> Self {
+        Self(Some(db))
+    }
+
+    /// Closes the database, reporting a contained panic as damage.
+    pub(crate) fn close(mut self) -> Result<(), redb::DatabaseError> {
+        close_contained(self.0.take())
+    }
+}
+
+fn close_contained(db: Option<Database>) -> Result<(), redb::DatabaseError> {
+    let Some(db) = db else { return Ok(()) };
+    match catch_unwind(AssertUnwindSafe(|| db.close())) {
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = crate::error::panic_message(&*panic);
+            tracing::error!(%reason, "the storage engine panicked while closing a damaged database");
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))
+        }
+    }
+}
+
+impl Drop for DbHandle {
+    fn drop(&mut self) {
+        let _ = close_contained(self.0.take());
+    }
+}
+
+impl std::ops::Deref for DbHandle {
+    type Target = Database;
+
+    #[expect(clippy::expect_used, reason = "the database is taken only by close and drop, which consume it")]
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("the database is open until the store is closed")
+    }
+}
+
+impl std::ops::DerefMut for DbHandle {
+    #[expect(clippy::expect_used, reason = "the database is taken only by close and drop, which consume it")]
+    fn deref_mut(&mut self) -> &mut Database {
+        self.0.as_mut().expect("the database is open until the store is closed")
+    }
 }

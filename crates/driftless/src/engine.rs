@@ -178,7 +178,10 @@ impl<E: Event> EngineBuilder<E> {
     ///
     /// # Errors
     /// As [`EngineBuilder::open`].
-    pub fn open_with_backend(self, backend: impl driftless_storage::StorageBackend) -> Result<Engine<E>, BuildError> {
+    pub fn open_with_backend(
+        self,
+        backend: impl driftless_storage::StorageBackend,
+    ) -> Result<Engine<E>, BuildError> {
         self.check()?;
         let o = &self.options;
         let store = Store::open_with_backend(
@@ -191,10 +194,16 @@ impl<E: Event> EngineBuilder<E> {
     fn check(&self) -> Result<(), BuildError> {
         let o = &self.options;
         if o.queue_capacity == 0 {
-            return Err(BuildError::InvalidSetting { setting: "queue_capacity", reason: "it must be at least 1" });
+            return Err(BuildError::InvalidSetting {
+                setting: "queue_capacity",
+                reason: "it must be at least 1",
+            });
         }
         if o.max_batch_events == 0 {
-            return Err(BuildError::InvalidSetting { setting: "max_batch_events", reason: "it must be at least 1" });
+            return Err(BuildError::InvalidSetting {
+                setting: "max_batch_events",
+                reason: "it must be at least 1",
+            });
         }
         if o.view_refresh_interval.is_some_and(|d| d.is_zero()) {
             return Err(BuildError::InvalidSetting {
@@ -535,7 +544,8 @@ impl<E: Event> Engine<E> {
     /// [`EngineError::UnknownHandler`]; storage errors.
     ///
     /// Each rebuilt read model's reconciliation health restarts: a demoted one goes back to
-    /// shadow, where it must earn promotion again.
+    /// shadow, where it must earn promotion again, and the kill switch its demotion engaged
+    /// is released.
     pub fn rebuild(&self, handler: &str) -> Result<ReplayReport, EngineError> {
         let i = self.handler_index(handler)?;
         let report = match self.command(Command::Rebuild(i))? {
@@ -544,7 +554,14 @@ impl<E: Event> Engine<E> {
         };
         if let Some(h) = self.shared.registry.handlers().get(i) {
             for table in h.table_names() {
-                driftless_reconciler::record_rebuild(&self.shared.store, table)?;
+                let transition = driftless_reconciler::record_rebuild(&self.shared.store, table)?;
+                // A demotion engaged the kill switch "until it is rebuilt": release it. A
+                // switch engaged by hand on a read model that was not demoted stays on.
+                let was_demoted = transition
+                    .is_some_and(|t| t.from == driftless_domain::reconcile::PromotionState::Demoted);
+                if was_demoted && self.shared.options.demotion_engages_kill_switch {
+                    self.set_kill_switch(table, false)?;
+                }
             }
         }
         Ok(report)
@@ -725,16 +742,25 @@ impl<E: Event> Engine<E> {
             .ok_or_else(|| EngineError::UnknownReadModel(read_model.to_string()))
     }
 
-    /// Stops accepting events, commits everything already accepted, and joins the threads.
+    /// Stops accepting events, commits everything already accepted, joins the threads, and
+    /// closes the database (unless a handle from [`Engine::store`] or a reconciliation
+    /// harness still holds it: it then closes, silently, when the last handle is dropped).
     ///
     /// # Errors
     /// [`EngineError::Poisoned`] when the engine stopped on a storage failure (accepted
-    /// events that were not committed had their receipts resolved with [`NotCommitted`]).
+    /// events that were not committed had their receipts resolved with [`NotCommitted`]);
+    /// [`EngineError::Commit`] when closing the database failed (what was committed with
+    /// immediate durability stands; the next open repairs the file).
     pub fn shutdown(mut self) -> Result<(), EngineError> {
         self.stop();
-        match self.shared.store.poisoned() {
-            Some(p) => Err(EngineError::Poisoned(p.first_failure)),
-            None => Ok(()),
+        if let Some(p) = self.shared.store.poisoned() {
+            return Err(EngineError::Poisoned(p.first_failure));
+        }
+        let shared = Arc::clone(&self.shared);
+        drop(self);
+        match Arc::try_unwrap(shared).map(|s| Arc::try_unwrap(s.store)) {
+            Ok(Ok(store)) => Ok(store.close()?),
+            _ => Ok(()),
         }
     }
 

@@ -1,0 +1,393 @@
+//! `driftless demo`: the whole story on a generated marketplace stream.
+//!
+//! The demo writes only a database it made itself. Its database carries a marker, so a
+//! second `driftless demo` on the same path replaces the first one's database; a path
+//! holding anything else (a database with ingested data, a file that is not a driftless
+//! database) is refused with a sentence saying what to do.
+
+use crate::config::{DemoConfig, ReadModel};
+use crate::db::{self, CliPager, ListingEngine};
+use crate::error::CliError;
+use crate::ingest::{ingest_lines, summary_words, Notice};
+use crate::ops::{rebuild_handler, tamper};
+use crate::out::{count, count_usize, plural, utc, Align, Out};
+use crate::query::{ready, table_of};
+use crate::reconcile::{report_row, report_table, run_once};
+use crate::{progress, status};
+use driftless::reconcile::{ReconcileHarness, ReconcileMode};
+use driftless::{Clock, EngineOptions, OpenError, ReadAnswer, SystemClock, Timestamp};
+use driftless_listings::{
+    generate, parse_line, GenConfig, LeaderboardRow, ListingCard, ListingModel, DISTRICT_LEADERBOARD,
+    DISTRICT_STATS, LISTING_CARD,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The metadata key marking a database the demo made.
+const MARKER_KEY: &str = "demo/marker";
+
+/// What the marker records.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct DemoMarker {
+    seed: u64,
+    events: u64,
+}
+
+/// A clock that starts where the generated stream ends and runs at the wall clock's pace,
+/// so that freshness and commit lags read as if the stream were live.
+struct StreamClock {
+    offset_ms: u64,
+}
+
+impl Clock for StreamClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(SystemClock.now().0.saturating_sub(self.offset_ms))
+    }
+}
+
+/// Makes room for the demo's database: nothing there, or an earlier demo's database (which
+/// is removed). Returns how the database was found.
+fn prepare_database(path: &Path) -> Result<&'static str, CliError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("new"),
+        Err(e) => return Err(CliError::io(format!("could not look at {}", path.display()), e)),
+        Ok(meta) if meta.is_dir() => {
+            return Err(CliError::Failed(format!(
+                "{} is a directory; give the demo a database file with --db",
+                path.display()
+            )))
+        }
+        Ok(_) => {}
+    }
+    let options = driftless_storage::StoreOptions { cache_bytes: Some(16 << 20), ..Default::default() };
+    let store = match driftless::Store::open(path, options) {
+        Ok(store) => store,
+        Err(OpenError::NotDriftless { .. }) => {
+            return Err(CliError::Failed(format!(
+                "{} exists and is not a driftless database, so the demo leaves it alone; \
+                 run `driftless demo --db other.redb` or move it away",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let marker: Option<DemoMarker> = store.meta_get(MARKER_KEY)?;
+    let head = store.journal_head()?;
+    drop(store);
+    if marker.is_none() && head > 0 {
+        return Err(CliError::Failed(format!(
+            "the database {} already holds data that the demo did not write; run `driftless demo --db other.redb`, \
+             or delete it to let the demo use it",
+            path.display()
+        )));
+    }
+    std::fs::remove_file(path).map_err(|e| {
+        CliError::io(format!("could not remove the earlier demo database {}", path.display()), e)
+    })?;
+    Ok("replacing the earlier demo database")
+}
+
+/// Notices kept for the story: the first few of each kind, and how many there were.
+#[derive(Default)]
+struct Notices {
+    malformed: Vec<Notice>,
+    conflicts: Vec<Notice>,
+    rejected: Vec<Notice>,
+}
+
+impl Notices {
+    const KEEP: usize = 2;
+
+    fn add(&mut self, n: &Notice) {
+        let list = match n {
+            Notice::Malformed { .. } => &mut self.malformed,
+            Notice::Conflict { .. } => &mut self.conflicts,
+            Notice::Rejected { .. } => &mut self.rejected,
+        };
+        if list.len() < Self::KEEP {
+            list.push(n.clone());
+        }
+    }
+}
+
+fn heading(out: &mut Out, text: &str) -> Result<(), CliError> {
+    out.blank()?;
+    out.line(text)?;
+    out.flush()
+}
+
+fn runs(
+    harness: &ReconcileHarness,
+    out: &mut Out,
+    plan: &[(&str, ReconcileMode)],
+) -> Result<Vec<driftless::reconcile::RunReport>, CliError> {
+    let mut table = report_table(&[("run", Align::Right)], 2);
+    let mut reports = Vec::new();
+    for (label, mode) in plan {
+        let report = run_once(harness, *mode, None)?;
+        for r in &report.read_models {
+            let mut cells = vec![(*label).to_string()];
+            cells.extend(report_row(r));
+            table.row(cells);
+        }
+        reports.push(report);
+    }
+    out.table(&table)?;
+    out.flush()?;
+    Ok(reports)
+}
+
+fn listing_state(harness: &ReconcileHarness) -> Result<String, CliError> {
+    Ok(harness.health(LISTING_CARD.name())?.state.to_string())
+}
+
+/// `driftless demo`.
+pub fn run(
+    db_path: &Path,
+    cfg: DemoConfig,
+    metrics: Option<&PrometheusHandle>,
+    out: &mut Out,
+) -> Result<(), CliError> {
+    let started = Instant::now();
+    let found = prepare_database(db_path)?;
+    let gen = GenConfig {
+        events: cfg.events,
+        listings: cfg.listings,
+        districts: cfg.districts,
+        seed: cfg.seed,
+        redeliveries: 0.02,
+        conflicts: 5,
+        invalid_lines: 8,
+    };
+    out.line("driftless demo: a property-listings marketplace, projected exactly once into one redb file")?;
+    out.line(format!("  database  {} ({found})", db_path.display()))?;
+    out.line(format!(
+        "  stream    {} over {} in {} (seed {}), plus about {} re-deliveries, \
+         {} conflicting and {} malformed lines",
+        plural(cfg.events, "event", "events"),
+        plural(cfg.listings, "listing", "listings"),
+        plural(cfg.districts, "district", "districts"),
+        cfg.seed,
+        count_usize(cfg.events / 50),
+        gen.conflicts,
+        gen.invalid_lines
+    ))?;
+    out.flush()?;
+
+    // The stream, parsed once, and the reference model's verdict on it.
+    let lines = generate(gen);
+    let mut model = ListingModel::new();
+    let mut last_event_at = 0u64;
+    let mut parsed = Vec::with_capacity(lines.len());
+    for (n, line) in (1u64..).zip(&lines) {
+        let result = parse_line(line);
+        match &result {
+            Ok(event) => {
+                last_event_at = last_event_at.max(event.occurred_at);
+                model.apply(event);
+            }
+            Err(_) => model.record_malformed(),
+        }
+        parsed.push((n, result));
+    }
+    drop(lines);
+    let now = SystemClock.now().0;
+    let clock = Arc::new(StreamClock { offset_ms: now.saturating_sub(last_event_at.saturating_add(1_500)) });
+    let engine = db::open(db_path, EngineOptions::default(), Some(clock))?;
+    engine.store().meta_update(MARKER_KEY, |_: Option<DemoMarker>| {
+        (Some(DemoMarker { seed: cfg.seed, events: cfg.events as u64 }), ())
+    })?;
+
+    heading(out, "1. Ingest: every line through the engine, in batches of up to 1,000 events per commit")?;
+    let total = parsed.len() as u64;
+    let bar = progress::lines(total, "ingesting");
+    let mut notices = Notices::default();
+    let ingest_started = Instant::now();
+    let result = ingest_lines(
+        &engine,
+        parsed.into_iter().map(|(n, r)| (n, r.map_err(driftless_listings::JsonlError::Malformed))),
+        EngineOptions::default().max_batch_events,
+        &mut |n| notices.add(n),
+        &mut |done| bar.set_position(done),
+    );
+    bar.finish_and_clear();
+    let summary = result?;
+    let took = ingest_started.elapsed().as_secs_f64();
+    out.line(format!(
+        "  {} in {:.2} s ({} lines/s)",
+        summary_words(&summary),
+        took,
+        count((summary.lines as f64 / took.max(1e-9)) as u64)
+    ))?;
+    out.line("  what the engine said about some of them:")?;
+    let mut shown: Vec<&Notice> =
+        notices.malformed.iter().chain(&notices.conflicts).chain(&notices.rejected).collect();
+    shown.sort_by_key(|n| n.line());
+    for n in shown {
+        out.line(format!("    {n}"))?;
+    }
+    check_against_model(&engine, &model, &summary)?;
+    out.line(format!(
+        "  the reference model (ListingModel) agrees: the same counts, and all {} and {} are equal",
+        plural(model.cards().count(), "listing card", "listing cards"),
+        plural(model.districts().count(), "district row", "district rows")
+    ))?;
+    engine.refresh_views()?;
+
+    heading(out, "2. Read models: snapshots that never wait for the writer")?;
+    let ranking: Vec<LeaderboardRow> = ready(&engine, &DISTRICT_LEADERBOARD)?
+        .iter()?
+        .take(5)
+        .map(|r| r.map(|(_, row)| row))
+        .collect::<Result<_, _>>()?;
+    out.line("  district_leaderboard (a materialized view of district_stats), top 5:")?;
+    out.table(&table_of(&ranking, 4))?;
+    let mut cards: Vec<ListingCard> =
+        ready(&engine, &LISTING_CARD)?.iter()?.map(|r| r.map(|(_, c)| c)).collect::<Result<_, _>>()?;
+    cards.sort_by(|a, b| b.inquiries.cmp(&a.inquiries).then_with(|| a.listing_id.cmp(&b.listing_id)));
+    cards.truncate(3);
+    out.line("  listing_card, the 3 most asked-about listings:")?;
+    out.table(&table_of(&cards, 4))?;
+
+    heading(out, "3. Freshness (the demo's clock starts where the stream ends, as if it were live)")?;
+    out.table(&status::freshness_table(&engine.freshness()?, 2))?;
+
+    heading(out, "4. Reconciliation: re-check the read models against a refold of the journal")?;
+    let pager = Arc::new(CliPager::default());
+    let harness = db::harness(&engine, pager.clone())?;
+    runs(
+        &harness,
+        out,
+        &[("1", ReconcileMode::Sampled), ("2", ReconcileMode::Full), ("3", ReconcileMode::Full)],
+    )?;
+    out.line(format!(
+        "  no drift; after 3 clean runs in a row a read model is promoted (trusted): listing_card is {}",
+        listing_state(&harness)?
+    ))?;
+
+    let rows = (cfg.listings / 1_000 + 1).max(5).min(model.cards().count());
+    heading(
+        out,
+        &format!("5. Chaos: change {rows} listing_card rows behind the projector's back (valid envelopes, wrong prices)"),
+    )?;
+    let changed = tamper(engine.store(), ReadModel::ListingCard, rows, cfg.seed)?;
+    for t in &changed {
+        out.line(format!("  {}: {} {} -> {}", t.key, t.field, count(t.before), count(t.after)))?;
+    }
+    out.line("  the drift policy breaches above 0.1 % drifted keys; 2 breaches in a row page and demote")?;
+    let reports = runs(&harness, out, &[("4", ReconcileMode::Full), ("5", ReconcileMode::Full)])?;
+    if let Some(r) = reports.first().and_then(|run| run.read_model(LISTING_CARD.name())) {
+        out.line(format!(
+            "  run 4: drift detected in {} keys (a breach), e.g. {}",
+            count(r.drifted),
+            r.drifted_keys.first().map(|d| format!("{}: {}", d.key, d.reason)).unwrap_or_default()
+        ))?;
+    }
+    let pages = pager.take();
+    if pages.is_empty() {
+        return Err(CliError::Failed("the second breach did not page; the demo's story is broken".into()));
+    }
+    for page in &pages {
+        out.line(format!("  run 5: the pager was called (it writes to standard error and the log): {page}"))?;
+    }
+    out.line(format!("  listing_card is {} now, and its kill switch is engaged:", listing_state(&harness)?))?;
+    match engine.read(&LISTING_CARD)? {
+        ReadAnswer::UseSourceOfTruth { read_model, since } => out.line(format!(
+            "  a query of {read_model} answers \"use the source of truth\" since {} (`driftless query` exits with status 3)",
+            utc(since)
+        ))?,
+        ReadAnswer::Ready(_) => {
+            return Err(CliError::Failed("the demoted read model still answers queries; the kill switch did not engage".into()))
+        }
+    }
+
+    heading(out, "6. Rebuild listing_card from the journal, without downtime")?;
+    let rebuilt = rebuild_handler(&engine, ReadModel::ListingCard)?;
+    out.line(format!(
+        "  replayed {} journal entries ({} applied); listing_card is back in {}; kill switch released: {}",
+        count(rebuilt.replayed),
+        count(rebuilt.applied),
+        rebuilt.state,
+        if rebuilt.released_kill_switches.is_empty() { "no" } else { "yes" }
+    ))?;
+    runs(&harness, out, &[("6", ReconcileMode::Full)])?;
+    out.line(format!(
+        "  clean again; listing_card is {} and must earn promotion with 3 clean runs",
+        listing_state(&harness)?
+    ))?;
+    drop(harness);
+
+    heading(out, "7. Metrics (Prometheus text format): this run's counters and the database's gauges")?;
+    status::record_state(&engine)?;
+    match metrics {
+        Some(handle) => {
+            handle.run_upkeep();
+            for line in handle.render().lines() {
+                out.line(format!("  {line}"))?;
+            }
+        }
+        None => out.line("  (no metrics recorder could be installed in this process)")?,
+    }
+    engine.shutdown()?;
+
+    let db = db_path.display();
+    heading(out, "Next commands to try")?;
+    for (cmd, what) in [
+        (format!("driftless query listing_card --db {db} | head"), "the cards, in key order"),
+        (format!("driftless query district_stats Mitte --json --db {db}"), "one row as JSON"),
+        (format!("driftless freshness --db {db}"), "how fresh each read model is"),
+        (format!("driftless chaos tamper --read-model district_stats --rows 2 --db {db}"), "more chaos"),
+        (format!("driftless reconcile --mode full --db {db}"), "find it"),
+        (format!("driftless verify --db {db}"), "integrity, checksums and a full reconciliation"),
+        (format!("driftless dead-letters --db {db}"), "the events the business rules rejected"),
+        (format!("driftless run --db {db}"), "serve: scheduled reconciliation and view refreshes"),
+    ] {
+        out.line(format!("  {cmd:<75} # {what}"))?;
+    }
+    out.blank()?;
+    out.line(format!("demo finished in {:.1} s", started.elapsed().as_secs_f64()))?;
+    Ok(())
+}
+
+/// Fails unless the engine's counts and rows equal the reference model's.
+fn check_against_model(
+    engine: &ListingEngine,
+    model: &ListingModel,
+    summary: &driftless_listings::Summary,
+) -> Result<(), CliError> {
+    if *summary != model.summary() {
+        return Err(CliError::Failed(format!(
+            "the engine's counts ({}) differ from the reference model's ({})",
+            summary_words(summary),
+            summary_words(&model.summary())
+        )));
+    }
+    let cards = ready(engine, &LISTING_CARD)?;
+    let stored = cards.iter()?.collect::<Result<Vec<_>, _>>()?;
+    let expected = model.listing_cards();
+    if stored.len() != expected.len() || stored.iter().any(|(k, v)| expected.get(k) != Some(v)) {
+        return Err(CliError::Failed("the listing cards differ from the reference model's".into()));
+    }
+    let stats = ready(engine, &DISTRICT_STATS)?;
+    let stored = stats.iter()?.collect::<Result<Vec<_>, _>>()?;
+    let expected = model.district_stats();
+    if stored.len() != expected.len() || stored.iter().any(|(k, v)| expected.get(k) != Some(v)) {
+        return Err(CliError::Failed("the district figures differ from the reference model's".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_clock_runs_behind_the_wall_clock_by_its_offset() {
+        let clock = StreamClock { offset_ms: 1_000 };
+        let wall = SystemClock.now().0;
+        let shifted = clock.now().0;
+        assert!(shifted + 1_000 <= wall + 5 && shifted + 1_000 + 5_000 >= wall);
+    }
+}

@@ -1,0 +1,589 @@
+//! Black-box tests of the `driftless` binary: the sample domain's contract for `ingest`
+//! and `query`, the other commands, and how the CLI behaves when things go wrong.
+
+use driftless_listings::{generate, parse_jsonl, GenConfig, ListingModel};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr, $($msg:tt)+) => {{
+        let (l, r) = (&$left, &$right);
+        if l != r {
+            return Err(format!("{}: {:?} != {:?}", format!($($msg)+), l, r).into());
+        }
+    }};
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_driftless");
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// What one run of the binary did.
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    fn json_lines(&self) -> TestResult<Vec<Value>> {
+        self.stdout.lines().map(|l| Ok(serde_json::from_str::<Value>(l)?)).collect()
+    }
+
+    fn ok(self) -> TestResult<Self> {
+        ensure!(self.status.success(), "driftless failed ({:?}): {}", self.code(), self.stderr);
+        Ok(self)
+    }
+}
+
+fn command(db: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).arg("--db").arg(db).env_remove("RUST_LOG").env_remove("NO_COLOR");
+    c
+}
+
+fn run_with(mut c: Command, stdin: Option<&[u8]>) -> TestResult<Output> {
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn()?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input)?;
+    }
+    let out = child.wait_with_output()?;
+    Ok(Output {
+        status: out.status,
+        stdout: String::from_utf8(out.stdout)?,
+        stderr: String::from_utf8(out.stderr)?,
+    })
+}
+
+fn driftless(db: &Path, args: &[&str]) -> TestResult<Output> {
+    run_with(command(db, args), None)
+}
+
+fn read_jsonl(path: &Path) -> TestResult<Vec<Value>> {
+    std::fs::read_to_string(path)?.lines().map(|l| Ok(serde_json::from_str::<Value>(l)?)).collect()
+}
+
+fn read_json(path: &Path) -> TestResult<Value> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+}
+
+/// The reference model after folding the fixture `times` times.
+fn model_of_fixture(times: usize) -> TestResult<ListingModel> {
+    let mut model = ListingModel::new();
+    for _ in 0..times {
+        let file = std::fs::File::open(fixture("every_outcome.jsonl"))?;
+        for (_, line) in parse_jsonl(BufReader::new(file)) {
+            match line {
+                Ok(event) => {
+                    model.apply(&event);
+                }
+                Err(_) => model.record_malformed(),
+            }
+        }
+    }
+    Ok(model)
+}
+
+fn ingest_fixture(db: &Path, extra: &[&str]) -> TestResult<Output> {
+    let path = fixture("every_outcome.jsonl");
+    let mut args = vec!["ingest", path.to_str().ok_or("a non-UTF-8 path")?, "--json"];
+    args.extend_from_slice(extra);
+    driftless(db, &args)?.ok()
+}
+
+/// Writes a generated stream and returns its path.
+fn generated_file(dir: &Path, events: usize, listings: usize) -> TestResult<PathBuf> {
+    let config = GenConfig { events, listings, districts: 6, seed: 9, ..GenConfig::default() };
+    let path = dir.join("generated.jsonl");
+    let mut text = generate(config).join("\n");
+    text.push('\n');
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> TestResult<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return Err(format!("the child did not exit within {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ingest_reports_every_outcome_of_the_contract() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    let expected = read_json(&fixture("expected_summary.json"))?;
+    ensure_eq!(
+        model_of_fixture(1)?.summary().to_json(),
+        expected,
+        "the hand-written summary vs ListingModel"
+    );
+
+    let out = ingest_fixture(&db, &[])?;
+    ensure_eq!(out.json_lines()?, vec![expected.clone()], "the summary of `ingest --json`");
+    for line in [
+        "line 7: conflict: the event id l-a:1003:InquiryReceived was already applied with another payload",
+        "line 9: conflict: the event id crm-77 was already applied",
+        "line 11: rejected: listing l-a already exists",
+        "line 13: the line is empty",
+        "line 26: rejected: listing l-zz does not exist",
+        "line 37: the required field `payload.price` is missing",
+        "line 38: the event name \"ListingDeleted\" is unknown",
+        "line 45: the field `payload` must be an object, but is an array",
+    ] {
+        ensure!(out.stderr.contains(line), "stderr lacks {line:?}:\n{}", out.stderr);
+    }
+    let malformed_reports =
+        out.stderr.lines().filter(|l| !l.contains("conflict") && !l.contains("rejected")).count();
+    ensure_eq!(malformed_reports, 12, "one stderr line per malformed line");
+
+    // The batch size changes nothing; the summary in words says the same.
+    let other = dir.path().join("small-batches.redb");
+    let out = ingest_fixture(&other, &["--batch", "4"])?;
+    ensure_eq!(out.json_lines()?, vec![expected], "the summary with --batch 4");
+    let path = fixture("every_outcome.jsonl");
+    let words = driftless(&dir.path().join("words.redb"), &["ingest", path.to_str().ok_or("path")?])?.ok()?;
+    ensure_eq!(
+        words.stdout.trim(),
+        "45 lines: 15 applied, 3 duplicates, 2 conflicts, 13 rejected, 12 malformed",
+        "the summary in words"
+    );
+    Ok(())
+}
+
+#[test]
+fn query_prints_the_contract_rows_in_key_order() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    ingest_fixture(&db, &[])?;
+    let model = model_of_fixture(1)?;
+
+    let cards = driftless(&db, &["query", "listing_card", "--json"])?.ok()?.json_lines()?;
+    let expected = read_jsonl(&fixture("expected_listing_card.jsonl"))?;
+    ensure_eq!(cards, expected, "listing_card rows");
+    let from_model: Vec<Value> = model.cards().map(|c| c.to_json()).collect();
+    ensure_eq!(from_model, expected, "the hand-written cards vs ListingModel");
+
+    let stats = driftless(&db, &["query", "district_stats", "--json"])?.ok()?.json_lines()?;
+    let expected = read_jsonl(&fixture("expected_district_stats.jsonl"))?;
+    ensure_eq!(stats, expected, "district_stats rows");
+    let from_model: Vec<Value> = model.districts().map(|d| d.to_json()).collect();
+    ensure_eq!(from_model, expected, "the hand-written districts vs ListingModel");
+
+    let one = driftless(&db, &["query", "district_stats", "Neukölln", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(one, expected.get(2).cloned().into_iter().collect::<Vec<_>>(), "one key");
+    let one = driftless(&db, &["query", "listing_card", "L-9", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(one.len(), 1, "one card");
+
+    let missing = driftless(&db, &["query", "listing_card", "l-nope", "--json"])?;
+    ensure_eq!(missing.code(), Some(1), "a missing key");
+    ensure!(missing.stdout.is_empty(), "nothing on stdout for a missing key: {}", missing.stdout);
+    ensure!(
+        missing.stderr.starts_with("driftless: ") && missing.stderr.contains("l-nope"),
+        "{}",
+        missing.stderr
+    );
+
+    // The view was refreshed at the end of the ingest.
+    let board = driftless(&db, &["query", "district_leaderboard", "1", "--json"])?.ok()?.json_lines()?;
+    let first = board.first().ok_or("no leaderboard row")?;
+    ensure_eq!(first.get("district").and_then(Value::as_str), Some("Mitte"), "rank 1");
+    let table = driftless(&db, &["query", "listing_card"])?.ok()?;
+    ensure!(table.stdout.lines().next().is_some_and(|h| h.starts_with("listing_id")), "{}", table.stdout);
+    ensure_eq!(table.stdout.lines().count(), 6, "a header and 5 rows");
+    Ok(())
+}
+
+#[test]
+fn re_ingesting_skips_duplicates_and_retries_rejected_events() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    ingest_fixture(&db, &[])?;
+    let second = ingest_fixture(&db, &[])?;
+    let expected = read_json(&fixture("expected_summary_reingest.json"))?;
+    ensure_eq!(second.json_lines()?, vec![expected.clone()], "the second ingest");
+
+    // ListingModel over the file twice: the second pass alone is the difference.
+    let once = model_of_fixture(1)?.summary();
+    let twice = model_of_fixture(2)?;
+    let s = twice.summary();
+    let second_pass = serde_json::json!({
+        "lines": s.lines - once.lines, "applied": s.applied - once.applied,
+        "duplicates": s.duplicates - once.duplicates, "conflicts": s.conflicts - once.conflicts,
+        "rejected": s.rejected - once.rejected, "malformed": s.malformed - once.malformed,
+    });
+    ensure_eq!(second_pass, expected, "the hand-written second pass vs ListingModel");
+
+    let cards = driftless(&db, &["query", "listing_card", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(cards, twice.cards().map(|c| c.to_json()).collect::<Vec<_>>(), "cards after two passes");
+    let l_d = cards.last().ok_or("no cards")?;
+    ensure_eq!(
+        (l_d.get("inquiries").and_then(Value::as_u64), l_d.get("version").and_then(Value::as_u64)),
+        (Some(1), Some(3)),
+        "the early inquiry of l-d is applied on re-delivery"
+    );
+    let stats = driftless(&db, &["query", "district_stats", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(
+        stats,
+        twice.districts().map(|d| d.to_json()).collect::<Vec<_>>(),
+        "districts after two passes"
+    );
+    Ok(())
+}
+
+#[test]
+fn ingest_reads_standard_input_for_a_dash() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    let input = std::fs::read(fixture("every_outcome.jsonl"))?;
+    let out = run_with(command(&db, &["ingest", "-", "--json", "--batch", "7"]), Some(&input))?.ok()?;
+    ensure_eq!(out.json_lines()?, vec![read_json(&fixture("expected_summary.json"))?], "stdin summary");
+    let cards = driftless(&db, &["query", "listing_card", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(cards, read_jsonl(&fixture("expected_listing_card.jsonl"))?, "cards from stdin");
+    Ok(())
+}
+
+#[test]
+fn a_second_process_is_told_the_database_is_in_use_and_sigterm_stops_the_service() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    ingest_fixture(&db, &[])?;
+    let mut c = command(&db, &["run", "--refresh-secs", "1"]);
+    let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut ready)?;
+    if !ready.contains("serving") {
+        let _ = child.kill();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            e.read_to_string(&mut err)?;
+        }
+        return Err(format!("`run` did not come up: {ready:?} {err}").into());
+    }
+    let second = driftless(&db, &["query", "listing_card"]);
+    let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = wait_timeout(&mut child, Duration::from_secs(10))?;
+    let second = second?;
+    ensure!(killed?.success(), "kill -TERM failed");
+    ensure_eq!(second.code(), Some(1), "the second process");
+    ensure!(second.stderr.contains("in use"), "stderr: {}", second.stderr);
+    ensure!(!second.stderr.contains("panicked"), "stderr: {}", second.stderr);
+    ensure!(status.success(), "`run` exits 0 on SIGTERM, not {status:?}");
+    // The database is free again.
+    driftless(&db, &["query", "listing_card", "--json"])?.ok()?;
+    Ok(())
+}
+
+#[test]
+fn files_that_are_not_driftless_databases_are_refused_as_such() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "just some notes\n")?;
+    for args in [&["query", "listing_card"][..], &["verify"], &["demo", "--events", "100"]] {
+        let out = driftless(&text, args)?;
+        ensure_eq!(out.code(), Some(1), "{args:?}");
+        ensure!(out.stderr.contains("not a driftless database"), "{args:?}: {}", out.stderr);
+        ensure!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+    ensure_eq!(std::fs::read_to_string(&text)?, "just some notes\n", "the file is untouched");
+
+    let missing = driftless(&dir.path().join("nope.redb"), &["query", "listing_card"])?;
+    ensure_eq!(missing.code(), Some(1), "a missing database");
+    ensure!(missing.stderr.contains("does not exist"), "{}", missing.stderr);
+    ensure!(!dir.path().join("nope.redb").exists(), "query creates no database");
+    Ok(())
+}
+
+#[test]
+fn a_missing_event_file_is_a_clear_error_and_creates_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    let missing = dir.path().join("no-such-file.jsonl");
+    let out = driftless(&db, &["ingest", missing.to_str().ok_or("path")?])?;
+    ensure_eq!(out.code(), Some(1), "exit status");
+    ensure!(out.stderr.starts_with("driftless: cannot read the event file"), "{}", out.stderr);
+    ensure_eq!(out.stderr.lines().count(), 1, "one sentence");
+    ensure!(!db.exists(), "no database was created");
+    Ok(())
+}
+
+#[test]
+fn bad_usage_exits_with_status_2() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    for args in [
+        &["reconcile", "--mode", "partial"][..],
+        &["query"],
+        &["frobnicate"],
+        &["ingest", "-", "--batch", "0"],
+        &["kill-switch", "listing_card", "maybe"],
+        &["chaos", "tamper", "--read-model", "listing_card"],
+        &["demo", "--events", "5"],
+    ] {
+        let out = driftless(&db, args)?;
+        ensure_eq!(out.code(), Some(2), "{args:?}: {}", out.stderr);
+        ensure!(!out.stderr.is_empty() && !out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
+    }
+    let out = driftless(&db, &["query", "listing_kard"])?;
+    ensure_eq!(out.code(), Some(2), "an unknown read model");
+    ensure!(out.stderr.contains("listing_card, district_stats or district_leaderboard"), "{}", out.stderr);
+    ensure!(!db.exists(), "no usage error creates a database");
+    Ok(())
+}
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    // Enough rows that the output does not fit in a pipe's buffer.
+    let file = generated_file(dir.path(), 6_000, 3_000)?;
+    driftless(&db, &["ingest", file.to_str().ok_or("path")?])?.ok()?;
+    for args in [&["query", "listing_card", "--json"][..], &["query", "listing_card"]] {
+        let mut c = command(&db, args);
+        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let mut first = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        stdout.read_line(&mut first)?;
+        drop(stdout);
+        let status = wait_timeout(&mut child, Duration::from_secs(20))?;
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            e.read_to_string(&mut err)?;
+        }
+        ensure!(!first.is_empty(), "{args:?}: no first line");
+        ensure!(status.success(), "{args:?}: exit {status:?}, stderr {err}");
+        ensure!(err.is_empty(), "{args:?}: stderr {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn no_color_output_has_no_escape_codes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    ingest_fixture(&db, &[])?;
+    for args in [
+        &["query", "listing_card"][..],
+        &["freshness"],
+        &["reconcile", "--mode", "full"],
+        &["--help"],
+        &["query", "listing_card", "nope"],
+        &["reconcile", "--mode", "partial"],
+    ] {
+        let mut c = command(&db, args);
+        c.env("NO_COLOR", "1");
+        let out = run_with(c, None)?;
+        ensure!(
+            !out.stdout.contains('\u{1b}') && !out.stderr.contains('\u{1b}'),
+            "{args:?} printed an escape code"
+        );
+        ensure!(!out.stdout.is_empty() || !out.stderr.is_empty(), "{args:?} printed nothing");
+    }
+    Ok(())
+}
+
+#[test]
+fn tampered_rows_are_found_by_reconciliation_and_verify_until_a_rebuild() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    let file = generated_file(dir.path(), 2_000, 100)?;
+    driftless(&db, &["ingest", file.to_str().ok_or("path")?])?.ok()?;
+    driftless(&db, &["verify"])?.ok()?;
+
+    let tampered = driftless(
+        &db,
+        &["chaos", "tamper", "--read-model", "listing_card", "--rows", "5", "--seed", "11", "--json"],
+    )?
+    .ok()?
+    .json_lines()?;
+    let keys: BTreeSet<String> =
+        tampered.iter().filter_map(|t| t.get("key").and_then(Value::as_str)).map(str::to_string).collect();
+    ensure_eq!(keys.len(), 5, "5 distinct keys tampered");
+
+    let report = driftless(&db, &["reconcile", "--mode", "full", "--read-model", "listing_card", "--json"])?
+        .ok()?
+        .json_lines()?;
+    let r = report.first().ok_or("no report")?;
+    ensure_eq!(report.len(), 1, "one read model");
+    ensure_eq!(r.get("read_model").and_then(Value::as_str), Some("listing_card"), "read model");
+    ensure_eq!(r.get("mode").and_then(Value::as_str), Some("full"), "mode");
+    ensure_eq!(r.get("sampled").and_then(Value::as_u64), Some(100), "checked");
+    ensure_eq!(r.get("drifted").and_then(Value::as_u64), Some(5), "drifted");
+    ensure_eq!(r.get("errors").and_then(Value::as_u64), Some(0), "errors");
+    ensure_eq!(r.get("breach").and_then(Value::as_bool), Some(true), "breach");
+    ensure!(r.get("drift_ratio").and_then(Value::as_f64).is_some_and(|x| (x - 0.05).abs() < 1e-9), "{r}");
+    ensure_eq!(r.get("state").and_then(Value::as_str), Some("shadow"), "state");
+    let found: BTreeSet<String> = r
+        .get("drifted_keys")
+        .and_then(Value::as_array)
+        .ok_or("no drifted_keys")?
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    ensure_eq!(found, keys, "the drifted keys are the tampered ones");
+
+    let verify = driftless(&db, &["verify", "--json"])?;
+    ensure_eq!(verify.code(), Some(1), "verify after tampering: {}", verify.stdout);
+    ensure!(verify.stderr.contains("not clean"), "{}", verify.stderr);
+    let rebuilt = driftless(&db, &["rebuild", "listing_card", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(
+        rebuilt.first().and_then(|r| r.get("handler")).and_then(Value::as_str),
+        Some("listing_card"),
+        "rebuild"
+    );
+    let verify = driftless(&db, &["verify", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(
+        verify.last().and_then(|v| v.get("clean")).and_then(Value::as_bool),
+        Some(true),
+        "verify after the rebuild"
+    );
+    Ok(())
+}
+
+#[test]
+fn dead_letters_are_listed_retried_and_discarded() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    ingest_fixture(&db, &[])?;
+    // 13 rejected lines, one of which (line 27) was applied later: 12 events, per handler.
+    let list = driftless(&db, &["dead-letters", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(list.len(), 24, "dead letters");
+    let retried = driftless(&db, &["dead-letters", "retry", "--json"])?.ok()?.json_lines()?;
+    // The early inquiry of l-d applies now that l-d is published.
+    ensure_eq!(retried, vec![serde_json::json!({"retried": 12, "applied": 1, "remaining": 22})], "retry");
+    let card = driftless(&db, &["query", "listing_card", "l-d", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(card.first().and_then(|c| c.get("inquiries")).and_then(Value::as_u64), Some(1), "l-d");
+    let discarded =
+        driftless(&db, &["dead-letters", "discard", "--event-id", "l-zz:1:ListingPriceChanged", "--json"])?
+            .ok()?
+            .json_lines()?;
+    ensure_eq!(discarded, vec![serde_json::json!({"discarded": 2})], "discard");
+    let list =
+        driftless(&db, &["dead-letters", "--handler", "listing_card", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(list.len(), 10, "dead letters of listing_card");
+    ensure_eq!(driftless(&db, &["dead-letters", "discard"])?.code(), Some(2), "discard without an id");
+    Ok(())
+}
+
+#[test]
+fn the_kill_switch_sends_queries_to_the_source_of_truth() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    ingest_fixture(&db, &[])?;
+    driftless(&db, &["kill-switch", "listing_card", "on"])?.ok()?;
+    let status = driftless(&db, &["kill-switch", "listing_card", "status", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(status.first().and_then(|s| s.get("engaged")).and_then(Value::as_bool), Some(true), "status");
+    let query = driftless(&db, &["query", "listing_card", "--json"])?;
+    ensure_eq!(query.code(), Some(3), "a switched-off read model");
+    ensure!(query.stdout.is_empty(), "{}", query.stdout);
+    ensure!(
+        query.stderr.contains("switched off") && query.stderr.contains("source of truth"),
+        "{}",
+        query.stderr
+    );
+    driftless(&db, &["query", "district_stats", "--json"])?.ok()?;
+    driftless(&db, &["kill-switch", "listing_card", "off"])?.ok()?;
+    driftless(&db, &["query", "listing_card", "--json"])?.ok()?;
+    Ok(())
+}
+
+#[test]
+fn freshness_and_metrics_describe_the_database() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    ingest_fixture(&db, &[])?;
+    let rows = driftless(&db, &["freshness", "--json"])?.ok()?.json_lines()?;
+    let names: BTreeSet<&str> =
+        rows.iter().filter_map(|r| r.get("read_model").and_then(Value::as_str)).collect();
+    for name in ["listing_card", "district_stats", "district_leaderboard"] {
+        ensure!(names.contains(name), "freshness lacks {name}: {names:?}");
+    }
+    for row in &rows {
+        for field in [
+            "owner",
+            "seconds",
+            "commit_lag_ms",
+            "caught_up",
+            "applied",
+            "dead_letters",
+            "switched_off",
+            "header",
+        ] {
+            ensure!(row.get(field).is_some(), "freshness lacks {field}: {row}");
+        }
+    }
+    let card = rows
+        .iter()
+        .find(|r| r.get("read_model").and_then(Value::as_str) == Some("listing_card"))
+        .ok_or("no listing_card")?;
+    ensure_eq!(card.get("applied").and_then(Value::as_u64), Some(15), "applied");
+    ensure_eq!(card.get("dead_letters").and_then(Value::as_u64), Some(12), "dead letters");
+
+    let metrics = driftless(&db, &["metrics"])?.ok()?;
+    for needle in [
+        "driftless_journal_head 28",
+        "driftless_handler_applied_events{handler=\"listing_card\"} 15",
+        "driftless_read_model_promotion_state{read_model=\"listing_card\",state=\"shadow\"} 1",
+        "# TYPE driftless_read_model_freshness_seconds gauge",
+    ] {
+        ensure!(metrics.stdout.contains(needle), "metrics lack {needle:?}:\n{}", metrics.stdout);
+    }
+    Ok(())
+}
+
+#[test]
+fn the_demo_tells_the_whole_story_and_can_run_again() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("demo.redb");
+    let out = driftless(&db, &["demo", "--events", "3000"])?.ok()?;
+    let text = format!("{}\n{}", out.stdout, out.stderr).to_lowercase();
+    for word in
+        ["drift", "breach", "page", "promoted", "demoted", "kill switch", "shadow", "# type", "next commands"]
+    {
+        ensure!(text.contains(word), "the demo never says {word:?}:\n{}", out.stdout);
+    }
+    // A second run replaces the first one's database.
+    let again = driftless(&db, &["demo", "--events", "3000"])?.ok()?;
+    ensure!(again.stdout.contains("replacing the earlier demo database"), "{}", again.stdout);
+    driftless(&db, &["verify"])?.ok()?;
+
+    // A database the demo did not make is left alone.
+    let other = dir.path().join("mine.redb");
+    ingest_fixture(&other, &[])?;
+    let refused = driftless(&other, &["demo", "--events", "3000"])?;
+    ensure_eq!(refused.code(), Some(1), "a database with other data");
+    ensure!(refused.stderr.contains("--db"), "{}", refused.stderr);
+    driftless(&other, &["query", "listing_card", "l-a", "--json"])?.ok()?;
+    Ok(())
+}
