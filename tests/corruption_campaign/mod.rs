@@ -14,6 +14,15 @@
 //! DRIFTLESS_CORRUPTION_FULL=1 cargo test --release -p driftless-tests --test integration \
 //!     corruption_campaign -- --nocapture
 //! ```
+//!
+//! Each test runs its cases in a child process (this test binary, filtered to the test), so
+//! that a process abort — a panic while unwinding, a stack overflow — fails the case it hit
+//! instead of the whole run, and a new child goes on from the next case. Other switches:
+//! `DRIFTLESS_CAMPAIGN_ONLY=TEXT` runs the cases whose description contains `TEXT`;
+//! `DRIFTLESS_CAMPAIGN_FROM=0` runs the cases in the test process itself (the child's
+//! mode, printing one protocol line per case), where `DRIFTLESS_CAMPAIGN_TRACE=1` prints
+//! each case and panic as it happens and `DRIFTLESS_CAMPAIGN_BACKTRACE=1` adds where each
+//! panic came from.
 
 mod compat;
 mod damage;

@@ -175,7 +175,7 @@ pub struct JournalEntry {
 /// Progress and freshness marks of one handler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandlerRecord {
-    /// The handler's bit in every [`IndexRow`]; never reused.
+    /// The handler's bit in every offset-index row; never reused.
     pub slot: u32,
     /// The last journal position this handler has processed.
     pub seen: u64,

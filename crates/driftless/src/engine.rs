@@ -57,7 +57,7 @@ pub struct EngineOptions {
     /// readers go to the source of truth until it is rebuilt.
     pub demotion_engages_kill_switch: bool,
     /// redb page-cache size in bytes (`None`: redb's default of 1 GiB); default
-    /// [`DEFAULT_CACHE_BYTES`].
+    /// [`DEFAULT_CACHE_BYTES`](crate::DEFAULT_CACHE_BYTES).
     pub cache_bytes: Option<usize>,
 }
 

@@ -104,7 +104,9 @@ pub mod reconcile {
     pub use driftless_reconciler::*;
 }
 
-pub use engine::{BatchReceipt, Engine, EngineBuilder, EngineOptions, Freshness, Receipt, WhenFull};
+pub use engine::{
+    BatchReceipt, Engine, EngineBuilder, EngineOptions, Freshness, Receipt, WhenFull, DEFAULT_CACHE_BYTES,
+};
 pub use error::{BuildError, DispatchError, EngineError, NotCommitted};
 pub use view::{MaterializedView, View, ViewSource};
 
