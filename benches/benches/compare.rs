@@ -217,6 +217,32 @@ fn rebuild_rate(stream: &[ListingEvent], runs: usize) -> Result<f64, Error> {
     Ok(median(v))
 }
 
+/// Full reconciliation of `listing_card` with the refold reconciler: keys checked per
+/// second (one run of `n_events` events over `listings` listings).
+fn reconcile_rate(listings: usize, n_events: usize) -> Result<(f64, u64), Error> {
+    use driftless::reconcile::ReconcileMode;
+    let dir = tempfile::tempdir()?;
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    let stream = workload(n_events, listings, 11);
+    driftless_ingest(&engine, &stream, 1000)?;
+    let store = Arc::clone(engine.store());
+    let harness = engine
+        .reconciliation()
+        .reconciler(Arc::new(driftless_listings::embed::listing_card_reconciler(Arc::clone(&store))))
+        .workers(2)
+        .build()?;
+    // File the journal tail first, as every run does, so that the figure is the checking.
+    store.file_aggregates()?;
+    let t = Instant::now();
+    let report = harness.run_once(ReconcileMode::Full, Some("listing_card"), None)?;
+    let secs = t.elapsed().as_secs_f64();
+    let sampled: u64 = report.read_models.iter().map(|r| r.sampled).sum();
+    drop(harness);
+    drop(store);
+    engine.shutdown()?;
+    Ok((sampled as f64 / secs, sampled))
+}
+
 fn disk_figures(stream: &[ListingEvent]) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
@@ -315,6 +341,9 @@ fn main() -> Result<(), Error> {
         );
     }
     println!("  rebuild of listing_card from the journal: {:>10.0} events/s", rebuild_rate(&stream, runs)?);
+    let reconcile_listings = env("DRIFTLESS_BENCH_RECONCILE_LISTINGS", 100_000);
+    let (rate, keys) = reconcile_rate(reconcile_listings, reconcile_listings * 4)?;
+    println!("  full refold reconciliation of listing_card: {rate:>10.0} keys/s ({keys} keys)");
     disk_figures(&stream)?;
     if rss_events > 0 {
         let exe = std::env::current_exe()?;

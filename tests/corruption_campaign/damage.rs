@@ -570,6 +570,14 @@ impl Tally {
         for (class, (ok, refused)) in &self.writes {
             out.push_str(&format!("{class:?}: write probe committed {ok}, refused {refused}\n"));
         }
+        let mut differed_in: BTreeMap<&str, usize> = BTreeMap::new();
+        for d in &self.differed {
+            let what = d.rsplit_once("the reads had returned other ").map_or("?", |(_, w)| w);
+            *differed_in.entry(what).or_default() += 1;
+        }
+        for (what, n) in differed_in {
+            out.push_str(&format!("reads differed in {what}: {n} cases (all caught by a later step)\n"));
+        }
         out.push_str(&format!("failed cases: {}\n", self.failures.len()));
         for d in self.differed.iter().take(20) {
             let short: String = d.chars().take(240).collect();

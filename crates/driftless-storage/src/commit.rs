@@ -173,6 +173,26 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         shadow_tables: bool,
     ) -> Result<Self, CommitError> {
         let f = |e: redb::TableError| store.fail(e);
+        // redb panics on some damaged pages while opening a table, with the transaction's
+        // table lock held; a table already open then panics again when it is dropped during
+        // the unwinding, and a panic in a destructor aborts the process. Opening each table
+        // alone first lets such a panic unwind cleanly (to be contained); the second opening
+        // reads the same pages.
+        drop(txn.open_table(META).map_err(f)?);
+        drop(txn.open_table(HANDLERS).map_err(f)?);
+        drop(txn.open_table(EVENT_INDEX).map_err(f)?);
+        drop(txn.open_table(EVENT_IDS).map_err(f)?);
+        drop(txn.open_table(DEAD_LETTERS).map_err(f)?);
+        if store.journal_enabled() {
+            drop(txn.open_table(JOURNAL).map_err(f)?);
+            drop(txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?);
+        }
+        for &i in &subset {
+            for t in reg.handlers.get(i).map(|h| h.tables.as_slice()).unwrap_or_default() {
+                let name = if shadow_tables { shadow(t.id.name) } else { physical(t.id.name) };
+                drop(txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)).map_err(f)?);
+            }
+        }
         let meta = txn.open_table(META).map_err(f)?;
         let handlers_t = txn.open_table(HANDLERS).map_err(f)?;
         let index = txn.open_table(EVENT_INDEX).map_err(f)?;

@@ -111,6 +111,14 @@ impl Store {
                 // A storage failure inside the transaction poisons the store like a failed commit:
                 // redb may already have written part of it.
                 let written = (|| -> Result<(), RegisterError> {
+                    // Each table alone first: see `Batch::open` (a damaged page can make redb
+                    // panic in `open_table`, and tables open meanwhile abort the process).
+                    drop(txn.open_table(META)?);
+                    drop(txn.open_table(HANDLERS)?);
+                    drop(txn.open_table(READ_MODELS)?);
+                    for table in owners.keys() {
+                        drop(txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&physical(table)))?);
+                    }
                     let mut meta = txn.open_table(META)?;
                     let mut handler_table = txn.open_table(HANDLERS)?;
                     let mut rm_table = txn.open_table(READ_MODELS)?;
