@@ -256,7 +256,7 @@ impl SqliteBaseline {
 pub fn open_engine(path: &Path, batch: usize) -> Result<driftless::Engine<ListingEvent>, Error> {
     let mut b = driftless::Engine::builder(path)
         .max_batch_events(batch.max(1))
-        .queue(256, driftless::WhenFull::Block);
+        .queue(16, driftless::WhenFull::Block);
     for p in driftless_listings::projectors() {
         b = b.projector_arc(std::sync::Arc::from(p));
     }
