@@ -254,9 +254,8 @@ impl SqliteBaseline {
 
 /// Opens a driftless engine on the sample domain with `batch` events per commit.
 pub fn open_engine(path: &Path, batch: usize) -> Result<driftless::Engine<ListingEvent>, Error> {
-    let mut b = driftless::Engine::builder(path)
-        .max_batch_events(batch.max(1))
-        .queue(16, driftless::WhenFull::Block);
+    let mut b =
+        driftless::Engine::builder(path).max_batch_events(batch.max(1)).queue(16, driftless::WhenFull::Block);
     for p in driftless_listings::projectors() {
         b = b.projector_arc(std::sync::Arc::from(p));
     }

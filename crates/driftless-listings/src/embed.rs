@@ -39,19 +39,16 @@ use crate::leaderboard::{leaderboard, LeaderboardRow, DISTRICT_LEADERBOARD};
 use crate::model::{DistrictStats, ListingCard, DISTRICT_STATS, LISTING_CARD};
 use crate::projectors::projectors;
 use driftless::reconcile::{
-    FnReconciler, ReconcileFailure, ReconcileMode, ReconcileResult, Reconciler, RefoldReconciler, SampleKey,
+    compare_row, FnReconciler, ReconcileFailure, ReconcileMode, ReconcileResult, Reconciler,
+    RefoldReconciler, SampleKey,
 };
 use driftless::{codec, EngineBuilder, MaterializedView, Store, View, ViewSource};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// How many journal entries [`district_stats_reconciler`] reads at a time.
 const JOURNAL_CHUNK: usize = 4_096;
-
-/// The longest rendering of a row in a drift reason, in characters.
-const MAX_ROW_TEXT: usize = 300;
 
 /// An engine builder for the database at `path` with the sample domain registered: the
 /// `listing_card` and `district_stats` projectors and the `district_leaderboard` view.
@@ -172,34 +169,13 @@ impl DistrictFold {
     }
 
     fn compare(&self, key: &SampleKey, expected: &Expected) -> Result<ReconcileResult, ReconcileFailure> {
-        let expected = expected.get(key).cloned();
-        let stored = match self.store.raw_row(DISTRICT_STATS.name(), key.as_bytes())? {
-            None => None,
-            Some(bytes) => match codec::decode::<DistrictStats>(&bytes) {
-                Ok(row) => Some(row),
-                Err(e) => {
-                    return Ok(ReconcileResult::drifted(
-                        key.clone(),
-                        format!("the stored row is damaged: {e}"),
-                    ))
-                }
-            },
-        };
-        Ok(match (stored, expected) {
-            (None, None) => ReconcileResult::in_sync(key.clone()),
-            (Some(s), Some(x)) if s == x => ReconcileResult::in_sync(key.clone()),
-            (Some(s), Some(x)) => ReconcileResult::drifted(
-                key.clone(),
-                format!("stored row differs: {} vs expected {}", show(&s), show(&x)),
-            ),
-            (None, Some(x)) => {
-                ReconcileResult::drifted(key.clone(), format!("row missing: expected {}", show(&x)))
-            }
-            (Some(s), None) => ReconcileResult::drifted(
-                key.clone(),
-                format!("row present but no listing of the journal is in this district: stored {}", show(&s)),
-            ),
-        })
+        compare_row(
+            &self.store,
+            DISTRICT_STATS.name(),
+            key,
+            expected.get(key).cloned(),
+            "no listing of the journal is in this district",
+        )
     }
 }
 
@@ -222,15 +198,6 @@ pub fn district_stats_reconciler(store: Arc<Store>) -> FnReconciler {
         move |_mode: ReconcileMode, budget| lister.keys(budget),
         move |key| fold.check(key),
     )
-}
-
-/// The Debug rendering of `row`, cut to [`MAX_ROW_TEXT`] characters.
-fn show(row: &impl fmt::Debug) -> String {
-    let text = format!("{row:?}");
-    match text.char_indices().nth(MAX_ROW_TEXT) {
-        Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or_default()),
-        None => text,
-    }
 }
 
 #[cfg(test)]

@@ -125,37 +125,50 @@ impl<E: Event, V: ViewValue + PartialEq> Reconciler for RefoldReconciler<E, V> {
 
     fn reconcile(&self, key: &SampleKey) -> Result<ReconcileResult, ReconcileFailure> {
         let expected = self.expected_row(key)?;
-        let stored = match self.store.raw_row(self.table.name(), key.as_bytes())? {
-            None => None,
-            Some(bytes) => match codec::decode::<V>(&bytes) {
-                Ok(row) => Some(row),
-                Err(e) => {
-                    return Ok(ReconcileResult::drifted(
-                        key.clone(),
-                        format!("the stored row is damaged: {e}"),
-                    ))
-                }
-            },
-        };
-        Ok(match (stored, expected) {
-            (None, None) => ReconcileResult::in_sync(key.clone()),
-            (Some(s), Some(x)) if s == x => ReconcileResult::in_sync(key.clone()),
-            (Some(s), Some(x)) => ReconcileResult::drifted(
-                key.clone(),
-                format!("stored row differs: {} vs expected {}", show(&s), show(&x)),
-            ),
-            (None, Some(x)) => {
-                ReconcileResult::drifted(key.clone(), format!("row missing: expected {}", show(&x)))
-            }
-            (Some(s), None) => ReconcileResult::drifted(
-                key.clone(),
-                format!("row present but the journal folds to no row: stored {}", show(&s)),
-            ),
-        })
+        compare_row(&self.store, self.table.name(), key, expected, "the journal folds to no row")
     }
 }
 
 /// The Debug rendering of `row`, cut to [`MAX_ROW_TEXT`] characters.
+/// Compares the stored row of `key` in `read_model` with the `expected` one: in sync when
+/// both are absent or equal; otherwise a drift whose reason names both rows. A stored row
+/// that fails to decode (its checksum, say) is a drift too. `why_none` says why no row is
+/// expected, for the reason of a row that should not exist.
+///
+/// # Errors
+/// [`ReconcileFailure::Read`] when the row cannot be read.
+pub fn compare_row<V: ViewValue + PartialEq>(
+    store: &Store,
+    read_model: &str,
+    key: &SampleKey,
+    expected: Option<V>,
+    why_none: &str,
+) -> Result<ReconcileResult, ReconcileFailure> {
+    let stored = match store.raw_row(read_model, key.as_bytes())? {
+        None => None,
+        Some(bytes) => match codec::decode::<V>(&bytes) {
+            Ok(row) => Some(row),
+            Err(e) => {
+                return Ok(ReconcileResult::drifted(key.clone(), format!("the stored row is damaged: {e}")))
+            }
+        },
+    };
+    Ok(match (stored, expected) {
+        (None, None) => ReconcileResult::in_sync(key.clone()),
+        (Some(s), Some(x)) if s == x => ReconcileResult::in_sync(key.clone()),
+        (Some(s), Some(x)) => ReconcileResult::drifted(
+            key.clone(),
+            format!("stored row differs: {} vs expected {}", show(&s), show(&x)),
+        ),
+        (None, Some(x)) => {
+            ReconcileResult::drifted(key.clone(), format!("row missing: expected {}", show(&x)))
+        }
+        (Some(s), None) => {
+            ReconcileResult::drifted(key.clone(), format!("row present but {why_none}: stored {}", show(&s)))
+        }
+    })
+}
+
 fn show(row: &impl fmt::Debug) -> String {
     let text = format!("{row:?}");
     match text.char_indices().nth(MAX_ROW_TEXT) {
