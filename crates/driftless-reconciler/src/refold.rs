@@ -129,7 +129,6 @@ impl<E: Event, V: ViewValue + PartialEq> Reconciler for RefoldReconciler<E, V> {
     }
 }
 
-/// The Debug rendering of `row`, cut to [`MAX_ROW_TEXT`] characters.
 /// Compares the stored row of `key` in `read_model` with the `expected` one: in sync when
 /// both are absent or equal; otherwise a drift whose reason names both rows. A stored row
 /// that fails to decode (its checksum, say) is a drift too. `why_none` says why no row is
@@ -169,6 +168,7 @@ pub fn compare_row<V: ViewValue + PartialEq>(
     })
 }
 
+/// The Debug rendering of `row`, cut to [`MAX_ROW_TEXT`] characters.
 fn show(row: &impl fmt::Debug) -> String {
     let text = format!("{row:?}");
     match text.char_indices().nth(MAX_ROW_TEXT) {
