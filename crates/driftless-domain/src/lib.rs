@@ -43,6 +43,16 @@ pub use projector::{
 };
 pub use table::{KeyDecodeError, TableDef, TableId, ViewKey, ViewValue};
 
+/// The text of a panic payload (`panic!` with a message carries a `&str` or a `String`),
+/// or `None` for any other payload. Pass the payload itself (`&*boxed`), not the box.
+#[must_use]
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+}
+
 // Reconciliation policy.
 pub use reconcile::{
     Cadence, DriftPolicy, PromotionPolicy, PromotionState, ReadModelHealth, ReconcileError, ReconcileMode,

@@ -121,11 +121,7 @@ fn resolve(outcomes: &mut [Option<KeyOutcome>], index: usize, outcome: KeyOutcom
 
 /// The text of a panic payload.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
+    driftless_domain::panic_text(payload).unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Checks every key of `keys` with `reconciler` on `config.workers` named threads.

@@ -650,11 +650,8 @@ fn summarize(outcomes: &[(usize, HandlerOutcome)]) -> EventOutcome {
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let msg = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-text panic payload".to_string());
+    let msg =
+        driftless_domain::panic_text(&**panic).unwrap_or_else(|| "a non-text panic payload".to_string());
     format!("the projector panicked: {msg}")
 }
 

@@ -272,10 +272,7 @@ impl From<Contained> for RegisterError {
 
 /// The text of a panic payload.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
+    driftless_domain::panic_text(payload)
         .unwrap_or_else(|| "the storage engine stopped on an inconsistency".to_string())
 }
 

@@ -97,11 +97,7 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, OpenError>) -> Result<T
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(panic) => {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "the storage engine stopped on an inconsistency".to_string());
+            let reason = crate::error::panic_message(&*panic);
             Err(OpenError::Corrupted { path: path.to_path_buf(), reason })
         }
     }

@@ -796,11 +796,7 @@ fn seconds_between(then: Timestamp, now: Timestamp) -> f64 {
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-text panic payload".to_string())
+    driftless_domain::panic_text(&**panic).unwrap_or_else(|| "a non-text panic payload".to_string())
 }
 
 fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
