@@ -7,6 +7,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender};
 use driftless_domain::{ReconcileMode, ReconcileResult, SampleKey};
 use parking_lot::Mutex;
 use std::any::Any;
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -51,12 +53,22 @@ pub(crate) struct PoolConfig {
     pub max_abandoned: usize,
 }
 
+/// The most keys handed to a worker at once. Workers take keys in chunks and report a
+/// chunk's outcomes together, so that the gatherer wakes once per chunk rather than once
+/// per key; the per-key timeout still applies to every key.
+const MAX_CHUNK: usize = 64;
+
 /// The state a worker shares with the gatherer, under one lock so that "finished the key"
 /// and "abandoned for the key" cannot both happen.
 #[derive(Debug, Default)]
 struct SlotState {
     /// The key index being checked and since when.
     busy: Option<(usize, Instant)>,
+    /// The end (exclusive) of the chunk being checked: the keys after the busy one that an
+    /// abandonment hands back.
+    chunk_end: usize,
+    /// Outcomes of the current chunk not yet sent to the gatherer.
+    done: Vec<(usize, KeyOutcome)>,
     /// The gatherer gave up on this worker: it must exit after its current call and
     /// report nothing.
     abandoned: bool,
@@ -70,8 +82,19 @@ struct Worker {
 struct Shared {
     reconciler: Arc<dyn Reconciler>,
     keys: Arc<Vec<SampleKey>>,
-    jobs: Receiver<usize>,
-    results: Sender<(usize, KeyOutcome)>,
+    jobs: Receiver<Range<usize>>,
+    results: Sender<Vec<(usize, KeyOutcome)>>,
+}
+
+fn check_one(reconciler: &dyn Reconciler, key: &SampleKey) -> KeyOutcome {
+    match catch_unwind(AssertUnwindSafe(|| reconciler.reconcile(key))) {
+        Ok(Ok(result)) => KeyOutcome::Checked(result),
+        Ok(Err(e)) => KeyOutcome::Failed { kind: FailureKind::Error, reason: e.to_string() },
+        Err(payload) => KeyOutcome::Failed {
+            kind: FailureKind::Panic,
+            reason: format!("the reconciler panicked: {}", panic_message(payload.as_ref())),
+        },
+    }
 }
 
 fn spawn_worker(id: usize, shared: &Shared) -> std::io::Result<Worker> {
@@ -82,25 +105,21 @@ fn spawn_worker(id: usize, shared: &Shared) -> std::io::Result<Worker> {
     let results = shared.results.clone();
     let mine = Arc::clone(&slot);
     let handle = std::thread::Builder::new().name(format!("driftless-reconcile-{id}")).spawn(move || {
-        while let Ok(index) = jobs.recv() {
-            let Some(key) = keys.get(index) else { continue };
-            mine.lock().busy = Some((index, Instant::now()));
-            let outcome = match catch_unwind(AssertUnwindSafe(|| reconciler.reconcile(key))) {
-                Ok(Ok(result)) => KeyOutcome::Checked(result),
-                Ok(Err(e)) => KeyOutcome::Failed { kind: FailureKind::Error, reason: e.to_string() },
-                Err(payload) => KeyOutcome::Failed {
-                    kind: FailureKind::Panic,
-                    reason: format!("the reconciler panicked: {}", panic_message(payload.as_ref())),
-                },
-            };
-            {
+        while let Ok(chunk) = jobs.recv() {
+            mine.lock().chunk_end = chunk.end;
+            for index in chunk {
+                let Some(key) = keys.get(index) else { continue };
+                mine.lock().busy = Some((index, Instant::now()));
+                let outcome = check_one(reconciler.as_ref(), key);
                 let mut state = mine.lock();
                 state.busy = None;
                 if state.abandoned {
                     return;
                 }
+                state.done.push((index, outcome));
             }
-            if results.send((index, outcome)).is_err() {
+            let done = std::mem::take(&mut mine.lock().done);
+            if results.send(done).is_err() {
                 return;
             }
         }
@@ -119,6 +138,11 @@ fn resolve(outcomes: &mut [Option<KeyOutcome>], index: usize, outcome: KeyOutcom
     }
 }
 
+/// Records every outcome of `batch` that has none yet; returns how many it recorded.
+fn resolve_all(outcomes: &mut [Option<KeyOutcome>], batch: Vec<(usize, KeyOutcome)>) -> usize {
+    batch.into_iter().map(|(index, outcome)| usize::from(resolve(outcomes, index, outcome))).sum()
+}
+
 /// The text of a panic payload.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     driftless_domain::panic_text(payload).unwrap_or_else(|| "a panic without a message".to_owned())
@@ -126,10 +150,11 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 
 /// Checks every key of `keys` with `reconciler` on `config.workers` named threads.
 ///
-/// Keys go to the workers over a bounded channel; results come back over another. A
-/// worker busy on one key for longer than `config.key_timeout` is *abandoned*: its key
+/// Keys go to the workers in chunks over a bounded channel; each chunk's outcomes come
+/// back together over another. A worker busy on one key for longer than `config.key_timeout` is *abandoned*: its key
 /// counts as a [`FailureKind::Timeout`], the thread is left to finish (or hang) on its own
-/// and exits without taking another key, and a replacement is started — at most
+/// and exits without taking another key, the rest of its chunk goes back to the queue
+/// (the keys it finished keep their outcomes), and a replacement is started — at most
 /// `config.max_abandoned` replacements per run. When every worker is stuck and no
 /// replacement is left, the keys still unchecked count as [`FailureKind::NotChecked`]. So
 /// a hung reconciler delays the run by about one timeout per wave of workers, and never
@@ -151,7 +176,11 @@ pub(crate) fn check_keys(
         return (outcomes, PoolEnd::Completed);
     }
     let workers = config.workers.max(1);
-    let (job_tx, job_rx) = bounded::<usize>(workers.saturating_mul(2));
+    let (job_tx, job_rx) = bounded::<Range<usize>>(workers.saturating_mul(2));
+    // Small enough that every worker gets several chunks, so the run still spreads evenly.
+    let chunk = (total / workers.saturating_mul(8)).clamp(1, MAX_CHUNK);
+    // Chunks handed back by abandoned workers go out again before new ones.
+    let mut returned: VecDeque<Range<usize>> = VecDeque::new();
     let (result_tx, result_rx) = unbounded();
     let shared = Shared { reconciler: Arc::clone(reconciler), keys, jobs: job_rx, results: result_tx };
 
@@ -211,26 +240,36 @@ pub(crate) fn check_keys(
                 .min(MAX_WAIT);
 
         {
+            let job = returned
+                .front()
+                .cloned()
+                .or_else(|| (next_job < total).then(|| next_job..next_job.saturating_add(chunk).min(total)));
             let mut select = Select::new();
-            let send_op = (next_job < total).then(|| select.send(&job_tx));
+            let send_op = job.is_some().then(|| select.send(&job_tx));
             let result_op = select.recv(&result_rx);
             let _cancel_op = select.recv(cancel);
             if let Ok(op) = select.select_timeout(wait) {
                 let index = op.index();
                 if Some(index) == send_op {
-                    if op.send(&job_tx, next_job).is_ok() {
-                        next_job += 1;
+                    if let Some(job) = job {
+                        let end_of_job = job.end;
+                        // A handed-back chunk was the one sent if there is one.
+                        if op.send(&job_tx, job).is_ok() && returned.pop_front().is_none() {
+                            next_job = end_of_job;
+                        }
                     }
                 } else if index == result_op {
-                    if let Ok((key_index, outcome)) = op.recv(&result_rx) {
-                        if resolve(&mut outcomes, key_index, outcome) {
-                            resolved += 1;
-                        }
+                    if let Ok(batch) = op.recv(&result_rx) {
+                        resolved += resolve_all(&mut outcomes, batch);
                     }
                 } else {
                     let _ = op.recv(cancel);
                     end = PoolEnd::Cancelled;
                 }
+            }
+            // Whatever else has arrived, without waiting.
+            while let Ok(batch) = result_rx.try_recv() {
+                resolved += resolve_all(&mut outcomes, batch);
             }
         }
         if end == PoolEnd::Cancelled {
@@ -246,14 +285,19 @@ pub(crate) fn check_keys(
                 match state.busy {
                     Some((index, since)) if now.saturating_duration_since(since) >= config.key_timeout => {
                         state.abandoned = true;
-                        Some(index)
+                        let rest = index.saturating_add(1)..state.chunk_end;
+                        Some((index, std::mem::take(&mut state.done), rest))
                     }
                     _ => None,
                 }
             };
             match expired {
-                Some(index) => {
+                Some((index, finished, rest)) => {
                     abandoned += 1;
+                    resolved += resolve_all(&mut outcomes, finished);
+                    if !rest.is_empty() {
+                        returned.push_back(rest);
+                    }
                     let key = shared.keys.get(index).cloned().unwrap_or_default();
                     tracing::warn!(
                         read_model = reconciler.read_model(),

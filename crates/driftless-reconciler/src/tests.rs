@@ -939,6 +939,35 @@ fn a_hanging_reconciler_times_out_and_the_run_completes() -> TestResult {
 }
 
 #[test]
+fn a_key_hanging_inside_a_chunk_loses_neither_its_neighbours_nor_their_outcomes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir)?;
+    let (gate_tx, gate_rx) = cc::bounded::<()>(0);
+    let (entered_tx, _entered_rx) = cc::unbounded();
+    // 800 keys on 2 workers go out in chunks of 50: key 130 sits in the middle of a chunk,
+    // with finished keys before it and unchecked ones after it.
+    let mut fake = Fake::new("cards", 800).gated(gate_rx, entered_tx).drift([key(129), key(131)]);
+    fake.hanging = [key(130)].into();
+    let fake = Arc::new(fake);
+    let harness = builder(&store, &ManualClock::new(Timestamp(T0)), &[rec(&fake)])
+        .key_timeout(Duration::from_millis(50))
+        .workers(2)
+        .build()?;
+
+    let report = harness.run_once(Full, None, None)?;
+    let cards = only(&report)?;
+    assert_eq!((cards.sampled, cards.drifted, cards.errors), (799, 2, 1));
+    assert_eq!(
+        cards.failures.iter().map(|f| (f.key.clone(), f.kind)).collect::<Vec<_>>(),
+        vec![(Some(key(130)), FailureKind::Timeout)]
+    );
+    // Every key was asked exactly once: none was checked twice after the hand-back.
+    assert_eq!((fake.calls(), fake.checked().len()), (800, 800));
+    drop(gate_tx);
+    Ok(())
+}
+
+#[test]
 fn hung_workers_are_replaced_up_to_the_allowance() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = open(&dir)?;
