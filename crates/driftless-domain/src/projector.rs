@@ -257,7 +257,7 @@ impl<K: ViewKey, V: ViewValue> TableMut<'_, '_, K, V> {
     /// [`ViewError::Codec`] when the stored row is damaged, [`ViewError::Storage`] when
     /// storage fails.
     pub fn get(&self, key: &K) -> Result<Option<V>, ViewError> {
-        let key = key.to_key_bytes();
+        let key = key.key_bytes();
         let stored = match self.views.set.lookup(self.slot, &key) {
             Some(Some(body)) => {
                 return codec::stable_decode(body)

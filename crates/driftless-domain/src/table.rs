@@ -2,6 +2,7 @@
 
 use crate::ids::{check_table_name, NameError};
 use serde::{de::DeserializeOwned, Serialize};
+use std::borrow::Cow;
 use std::fmt::Debug;
 use std::marker::PhantomData;
 
@@ -34,11 +35,20 @@ pub trait ViewKey: Sized + Clone + Debug + Send + Sync + 'static {
         self.encode_key(&mut out);
         out
     }
+
+    /// The encoding, borrowed from `self` when the key's bytes are its encoding (strings
+    /// and byte vectors), so that a lookup does not allocate.
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.to_key_bytes())
+    }
 }
 
 impl ViewKey for String {
     fn encode_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.as_bytes());
+    }
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.as_bytes())
     }
     fn decode_key(bytes: &[u8]) -> Result<Self, KeyDecodeError> {
         String::from_utf8(bytes.to_vec())
@@ -49,6 +59,9 @@ impl ViewKey for String {
 impl ViewKey for Vec<u8> {
     fn encode_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self);
+    }
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self)
     }
     fn decode_key(bytes: &[u8]) -> Result<Self, KeyDecodeError> {
         Ok(bytes.to_vec())
@@ -183,6 +196,19 @@ mod tests {
         assert!(String::decode_key(&[0xff]).is_err());
         assert!(u64::decode_key(&[1, 2]).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn borrowed_key_bytes_are_the_encoding() {
+        fn same<K: ViewKey>(key: K) {
+            assert_eq!(key.key_bytes().as_ref(), key.to_key_bytes().as_slice(), "{key:?}");
+        }
+        same("listing-é1".to_owned());
+        same(String::new());
+        same(vec![0u8, 255, 7]);
+        same(300u64);
+        same(-5i64);
+        assert!(matches!("k".to_owned().key_bytes(), Cow::Borrowed(b"k")));
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl<K: ViewKey, V: ViewValue> ReadRepository<K, V> {
     /// the file around it is.
     pub fn get(&self, key: &K) -> Result<Option<V>, ReadError> {
         let Some(table) = &self.table else { return Ok(None) };
-        contain_read("reading a row", || match table.get(key.to_key_bytes().as_slice())? {
+        contain_read("reading a row", || match table.get(key.key_bytes().as_ref())? {
             Some(v) => self.decode_value(v.value()).map(Some),
             None => Ok(None),
         })
