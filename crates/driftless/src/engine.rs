@@ -455,12 +455,15 @@ impl<E: Event> Engine<E> {
     pub fn dispatch_batch(&self, events: impl IntoIterator<Item = E>) -> Result<BatchReceipt, DispatchError> {
         let max = self.shared.options.max_batch_events;
         let mut parts = Vec::new();
-        let mut chunk = Vec::with_capacity(max.min(1024));
+        let capacity = max.min(1024);
+        let mut chunk = Vec::with_capacity(capacity);
         for event in events {
             chunk.push(PreparedEvent::new(event)?);
             if chunk.len() >= max {
                 let (reply, rx) = bounded(1);
-                self.send(Msg::Events { events: std::mem::take(&mut chunk), reply })?;
+                // A full-size buffer for the next message, so it does not grow by copying.
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(capacity));
+                self.send(Msg::Events { events: full, reply })?;
                 parts.push(rx);
             }
         }
