@@ -11,7 +11,8 @@
 
 use driftless::ReadAnswer;
 use driftless_benches::{
-    driftless_ingest, open_engine, peak_rss_bytes, workload, Error, RedbBaseline, SqliteBaseline,
+    driftless_ingest, ingest_in_slices, open_engine, peak_rss_bytes, workload, Error, RedbBaseline,
+    SqliteBaseline,
 };
 use driftless_listings::{ListingEvent, LISTING_CARD};
 use std::path::Path;
@@ -280,28 +281,9 @@ fn disk_figures(stream: &[ListingEvent]) -> Result<(), Error> {
 fn rss_child(events: usize) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    let listings = (events / 20).max(100);
-    // Generate and dispatch in slices of 10,000 events, as a producer reading a stream
-    // would, so that what is measured is the engine and not the bench's own copy of the
-    // stream (slices of 100,000 events add about 70 MiB).
-    let slice = 10_000usize;
-    let mut done = 0;
-    let mut seed = 1u64;
-    while done < events {
-        let n = slice.min(events - done);
-        let part = workload(n, listings / (events / slice).max(1), seed);
-        let part: Vec<ListingEvent> = part
-            .into_iter()
-            .map(|mut e| {
-                e.aggregate_id = format!("s{seed}-{}", e.aggregate_id);
-                e.event_id = format!("{}:{}:{}", e.aggregate_id, e.occurred_at, e.kind.name());
-                e
-            })
-            .collect();
-        driftless_ingest(&engine, &part, 1000)?;
-        done += n;
-        seed += 1;
-    }
+    // Slices of 10,000 events, so that what is measured is the engine and not the bench's
+    // own copy of the stream (slices of 100,000 events add about 70 MiB).
+    ingest_in_slices(&engine, events, 10_000)?;
     engine.shutdown()?;
     println!("RSS {}", peak_rss_bytes().unwrap_or(0));
     Ok(())

@@ -279,6 +279,33 @@ pub fn driftless_ingest(
     Ok(())
 }
 
+/// Ingests `events` events through the engine, 1,000 per commit, generating the stream in
+/// slices of `slice` events as a producer reading a stream would, so that the bench does
+/// not hold the whole stream (each slice has its own listings, 20 events each).
+pub fn ingest_in_slices(
+    engine: &driftless::Engine<ListingEvent>,
+    events: usize,
+    slice: usize,
+) -> Result<(), Error> {
+    let slice = slice.max(1);
+    let (mut done, mut seed) = (0usize, 1u64);
+    while done < events {
+        let n = slice.min(events - done);
+        let part: Vec<ListingEvent> = workload(n, (n / 20).max(1), seed)
+            .into_iter()
+            .map(|mut e| {
+                e.aggregate_id = format!("s{seed}-{}", e.aggregate_id);
+                e.event_id = format!("{}:{}:{}", e.aggregate_id, e.occurred_at, e.kind.name());
+                e
+            })
+            .collect();
+        driftless_ingest(engine, &part, 1000)?;
+        done += n;
+        seed += 1;
+    }
+    Ok(())
+}
+
 /// Peak resident set size of this process, in bytes (Linux), if known.
 #[must_use]
 pub fn peak_rss_bytes() -> Option<u64> {

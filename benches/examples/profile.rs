@@ -1,0 +1,183 @@
+//! One measured operation at a time, for a profiler: run it under `perf record` and read
+//! where the time goes without the rest of the comparison in the way.
+//!
+//! ```sh
+//! cargo build --release -p driftless-benches --example profile
+//! perf record -e cpu-clock --call-graph dwarf target/release/examples/profile ingest
+//! ```
+//!
+//! Operations (each prints its rate for every round; `PROFILE_ROUNDS` sets the rounds,
+//! default 5):
+//! - `ingest`: 200,000 events over 10,000 listings, 1,000 per commit, into a new database;
+//! - `redeliver`: the same stream ingested once, then every applied event delivered again;
+//! - `reads`: point reads of `listing_card`, raw redb get-and-decode against the read
+//!   repository, and the cost of checking one stored value's checksum;
+//! - `rebuild`: a rebuild of `listing_card` from a 200,000-entry journal;
+//! - `reconcile`: full refold reconciliation of a 100,000-row `listing_card`;
+//! - `rss EVENTS CACHE_MIB`: peak RSS of ingesting EVENTS events, generated in slices of
+//!   10,000, with a page cache of CACHE_MIB MiB.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use driftless::reconcile::ReconcileMode;
+use driftless::ReadAnswer;
+use driftless_benches::{driftless_ingest, open_engine, peak_rss_bytes, workload, Error, RedbBaseline};
+use driftless_listings::{ListingEvent, ListingModel, Outcome, LISTING_CARD};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn rounds() -> usize {
+    std::env::var("PROFILE_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+}
+
+fn arg(n: usize) -> Option<usize> {
+    std::env::args().nth(n).and_then(|v| v.parse().ok())
+}
+
+fn per_second(n: usize, since: Instant) -> f64 {
+    n as f64 / since.elapsed().as_secs_f64()
+}
+
+fn ingest() -> Result<(), Error> {
+    let stream = workload(200_000, 10_000, 7);
+    for _ in 0..rounds() {
+        let dir = tempfile::tempdir()?;
+        let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+        let t = Instant::now();
+        driftless_ingest(&engine, &stream, 1000)?;
+        println!("ingest: {:.0} events/s", per_second(stream.len(), t));
+        engine.shutdown()?;
+    }
+    Ok(())
+}
+
+fn redeliver() -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let stream = workload(200_000, 10_000, 7);
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    driftless_ingest(&engine, &stream, 1000)?;
+    let mut model = ListingModel::new();
+    let applied: Vec<ListingEvent> =
+        stream.iter().filter(|e| matches!(model.apply(e), Outcome::Applied)).cloned().collect();
+    for _ in 0..rounds() {
+        let t = Instant::now();
+        driftless_ingest(&engine, &applied, 1000)?;
+        println!("re-delivery: {:.0} events/s", per_second(applied.len(), t));
+    }
+    engine.shutdown()?;
+    Ok(())
+}
+
+fn reads() -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let stream = workload(200_000, 10_000, 7);
+    let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
+    base.ingest(&stream, 1000)?;
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    driftless_ingest(&engine, &stream, 1000)?;
+    let mut keys: Vec<String> = stream.iter().map(|e| e.aggregate_id.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    let lookups: Vec<&String> = (0..200_000).map(|i| &keys[(i * 7919) % keys.len()]).collect();
+    for _ in 0..rounds() {
+        let reader = base.reader()?;
+        let t = Instant::now();
+        for k in &lookups {
+            std::hint::black_box(reader.get(k).unwrap());
+        }
+        let raw = per_second(lookups.len(), t);
+        let ReadAnswer::Ready(repo) = engine.read(&LISTING_CARD)? else { panic!("switched off") };
+        let t = Instant::now();
+        for k in &lookups {
+            std::hint::black_box(repo.get(k)?.unwrap());
+        }
+        let ours = per_second(lookups.len(), t);
+        println!("reads: raw {raw:.0}/s, repository {ours:.0}/s, ratio {:.3}", ours / raw);
+    }
+    let stored = engine.store().raw_row("listing_card", lookups[0].as_bytes())?.ok_or("no row")?;
+    let n = 1_000_000u32;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(driftless::codec::verify(std::hint::black_box(&stored))?);
+    }
+    println!(
+        "checksum of one {}-byte row: {:.0} ns",
+        stored.len(),
+        t.elapsed().as_nanos() as f64 / f64::from(n)
+    );
+    engine.shutdown()?;
+    Ok(())
+}
+
+fn rebuild() -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let stream = workload(200_000, 10_000, 7);
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    driftless_ingest(&engine, &stream, 1000)?;
+    for _ in 0..rounds() {
+        let t = Instant::now();
+        engine.rebuild("listing_card")?;
+        println!("rebuild: {:.0} events/s", per_second(stream.len(), t));
+    }
+    engine.shutdown()?;
+    Ok(())
+}
+
+fn reconcile() -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+    let stream = workload(400_000, 100_000, 11);
+    driftless_ingest(&engine, &stream, 1000)?;
+    let store = Arc::clone(engine.store());
+    store.file_aggregates()?;
+    let harness = engine
+        .reconciliation()
+        .reconciler(Arc::new(driftless_listings::embed::listing_card_reconciler(Arc::clone(&store))))
+        .workers(2)
+        .build()?;
+    for _ in 0..rounds() {
+        let t = Instant::now();
+        let report = harness.run_once(ReconcileMode::Full, Some("listing_card"), None)?;
+        let keys: u64 = report.read_models.iter().map(|r| r.sampled).sum();
+        println!("reconcile: {:.0} keys/s ({keys} keys)", keys as f64 / t.elapsed().as_secs_f64());
+    }
+    drop(harness);
+    drop(store);
+    engine.shutdown()?;
+    Ok(())
+}
+
+fn rss(events: usize, cache_mib: usize) -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let mut builder =
+        driftless::Engine::builder(dir.path().join("d.redb")).options(driftless::EngineOptions {
+            cache_bytes: Some(cache_mib << 20),
+            queue_capacity: 16,
+            max_batch_events: 1000,
+            ..Default::default()
+        });
+    for p in driftless_listings::projectors() {
+        builder = builder.projector_arc(Arc::from(p));
+    }
+    let engine = builder.open()?;
+    let t = Instant::now();
+    driftless_benches::ingest_in_slices(&engine, events, 10_000)?;
+    let rate = per_second(events, t);
+    engine.shutdown()?;
+    let rss = peak_rss_bytes().unwrap_or(0) as f64 / f64::from(1u32 << 20);
+    println!("rss: {events} events, {cache_mib} MiB cache: peak {rss:.1} MiB, {rate:.0} events/s");
+    Ok(())
+}
+
+fn main() -> Result<(), Error> {
+    match std::env::args().nth(1).as_deref() {
+        Some("ingest") => ingest(),
+        Some("redeliver") => redeliver(),
+        Some("reads") => reads(),
+        Some("rebuild") => rebuild(),
+        Some("reconcile") => reconcile(),
+        Some("rss") => {
+            rss(arg(2).unwrap_or(2_000_000), arg(3).unwrap_or(driftless::DEFAULT_CACHE_BYTES >> 20))
+        }
+        _ => Err("usage: profile ingest|redeliver|reads|rebuild|reconcile|rss [EVENTS [CACHE_MIB]]".into()),
+    }
+}
