@@ -9,12 +9,13 @@
 //! `DRIFTLESS_BENCH_RSS_EVENTS` (default 2,000,000; 0 skips the memory run).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use driftless::ReadAnswer;
 use driftless_benches::{
-    driftless_ingest, ingest_in_slices, open_engine, peak_rss_bytes, workload, Error, RedbBaseline,
-    SqliteBaseline,
+    applied_events, driftless_ingest, driftless_point_reads, filled_engine, filled_redb, filled_sqlite,
+    ingest_in_slices, listing_cards, lookup_keys, open_engine, peak_rss_bytes, producer_parts,
+    rebuild_listing_card, reconcile_fixture, reconcile_listing_card, redb_point_reads, run_producers,
+    workload, Error, RedbBaseline, SqliteBaseline, FILL_BATCH, PRODUCERS,
 };
-use driftless_listings::{ListingEvent, LISTING_CARD};
+use driftless_listings::ListingEvent;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,29 +88,20 @@ fn ingest_row(stream: &[ListingEvent], batch: usize, runs: usize) -> Result<Row,
     })
 }
 
-/// Re-delivers every event that was applied (a re-delivered rejected event is tried again,
-/// by the contract, so it is not a re-delivery of an applied event).
+/// Re-delivers every event that was applied (see [`applied_events`]).
 fn redelivery_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
-    let mut model = driftless_listings::ListingModel::new();
-    let applied: Vec<ListingEvent> = stream
-        .iter()
-        .filter(|e| matches!(model.apply(e), driftless_listings::Outcome::Applied))
-        .cloned()
-        .collect();
+    let applied = applied_events(stream);
     let again = applied.as_slice();
     let n = again.len();
     let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
     let dir = tempfile::tempdir()?;
-    let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
-    base.ingest(stream, 1000)?;
-    let mut sq = SqliteBaseline::create(&dir.path().join("b.sqlite"))?;
-    sq.ingest(stream, 1000)?;
-    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    driftless_ingest(&engine, stream, 1000)?;
+    let base = filled_redb(&dir.path().join("a.redb"), stream)?;
+    let mut sq = filled_sqlite(&dir.path().join("b.sqlite"), stream)?;
+    let engine = filled_engine(&dir.path().join("d.redb"), stream)?;
     for _ in 0..runs {
-        a.push(timed(n, || base.ingest(again, 1000))?);
-        b.push(timed(n, || sq.ingest(again, 1000))?);
-        d.push(timed(n, || driftless_ingest(&engine, again, 1000))?);
+        a.push(timed(n, || base.ingest(again, FILL_BATCH))?);
+        b.push(timed(n, || sq.ingest(again, FILL_BATCH))?);
+        d.push(timed(n, || driftless_ingest(&engine, again, FILL_BATCH))?);
     }
     engine.shutdown()?;
     Ok(Row {
@@ -123,30 +115,18 @@ fn redelivery_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
 
 fn reads_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
     let dir = tempfile::tempdir()?;
-    let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
-    base.ingest(stream, 1000)?;
-    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    driftless_ingest(&engine, stream, 1000)?;
-    let mut keys: Vec<String> = stream.iter().map(|e| e.aggregate_id.clone()).collect();
-    keys.sort();
-    keys.dedup();
-    let lookups: Vec<&String> = (0..200_000).map(|i| &keys[(i * 7919) % keys.len()]).collect();
+    let base = filled_redb(&dir.path().join("a.redb"), stream)?;
+    let engine = filled_engine(&dir.path().join("d.redb"), stream)?;
+    let lookups = lookup_keys(stream, 200_000);
     let (mut a, mut d) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let reader = base.reader()?;
         a.push(timed(lookups.len(), || {
-            for k in &lookups {
-                std::hint::black_box(reader.get(k).unwrap());
-            }
+            redb_point_reads(&reader, &lookups);
             Ok(())
         })?);
-        let ReadAnswer::Ready(repo) = engine.read(&LISTING_CARD)? else { panic!("switched off") };
-        d.push(timed(lookups.len(), || {
-            for k in &lookups {
-                std::hint::black_box(repo.get(k)?.unwrap());
-            }
-            Ok(())
-        })?);
+        let repo = listing_cards(&engine)?;
+        d.push(timed(lookups.len(), || driftless_point_reads(&repo, &lookups))?);
     }
     engine.shutdown()?;
     Ok(Row {
@@ -161,40 +141,11 @@ fn reads_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
 /// 8 producer threads, each keeping up to `window` receipts in flight and waiting for every
 /// one of them. Returns (events/s, p50 ms, p99 ms) of dispatch-to-commit latency.
 fn concurrent(stream: &[ListingEvent], window: usize) -> Result<(f64, f64, f64), Error> {
-    const THREADS: usize = 8;
     let dir = tempfile::tempdir()?;
-    let engine = Arc::new(open_engine(&dir.path().join("d.redb"), 1000)?);
-    // Partition by aggregate so that each listing's events stay in order.
-    let mut parts: Vec<Vec<ListingEvent>> = vec![Vec::new(); THREADS];
-    for e in stream {
-        let h = e.aggregate_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-        parts[h % THREADS].push(e.clone());
-    }
+    let engine = Arc::new(open_engine(&dir.path().join("d.redb"), FILL_BATCH)?);
+    let parts = producer_parts(stream, PRODUCERS);
     let t = Instant::now();
-    let handles: Vec<_> = parts
-        .into_iter()
-        .map(|part| {
-            let engine = Arc::clone(&engine);
-            std::thread::spawn(move || -> Vec<Duration> {
-                let mut lat = Vec::with_capacity(part.len());
-                let mut inflight = std::collections::VecDeque::new();
-                for e in part {
-                    if inflight.len() >= window {
-                        let (at, r): (Instant, driftless::Receipt) = inflight.pop_front().unwrap();
-                        r.wait().unwrap();
-                        lat.push(at.elapsed());
-                    }
-                    inflight.push_back((Instant::now(), engine.dispatch(e).unwrap()));
-                }
-                for (at, r) in inflight {
-                    r.wait().unwrap();
-                    lat.push(at.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut lat: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let mut lat: Vec<Duration> = run_producers(&engine, parts, window);
     let rate = stream.len() as f64 / t.elapsed().as_secs_f64();
     lat.sort();
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
@@ -205,14 +156,10 @@ fn concurrent(stream: &[ListingEvent], window: usize) -> Result<(f64, f64, f64),
 
 fn rebuild_rate(stream: &[ListingEvent], runs: usize) -> Result<f64, Error> {
     let dir = tempfile::tempdir()?;
-    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    driftless_ingest(&engine, stream, 1000)?;
+    let engine = filled_engine(&dir.path().join("d.redb"), stream)?;
     let mut v = Vec::new();
     for _ in 0..runs {
-        v.push(timed(stream.len(), || {
-            engine.rebuild("listing_card")?;
-            Ok(())
-        })?);
+        v.push(timed(stream.len(), || rebuild_listing_card(&engine))?);
     }
     engine.shutdown()?;
     Ok(median(v))
@@ -221,25 +168,12 @@ fn rebuild_rate(stream: &[ListingEvent], runs: usize) -> Result<f64, Error> {
 /// Full reconciliation of `listing_card` with the refold reconciler: keys checked per
 /// second (one run of `n_events` events over `listings` listings).
 fn reconcile_rate(listings: usize, n_events: usize) -> Result<(f64, u64), Error> {
-    use driftless::reconcile::ReconcileMode;
     let dir = tempfile::tempdir()?;
-    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    let stream = workload(n_events, listings, 11);
-    driftless_ingest(&engine, &stream, 1000)?;
-    let store = Arc::clone(engine.store());
-    let harness = engine
-        .reconciliation()
-        .reconciler(Arc::new(driftless_listings::embed::listing_card_reconciler(Arc::clone(&store))))
-        .workers(2)
-        .build()?;
-    // File the journal tail first, as every run does, so that the figure is the checking.
-    store.file_aggregates()?;
+    let (engine, harness) = reconcile_fixture(&dir.path().join("d.redb"), listings, n_events)?;
     let t = Instant::now();
-    let report = harness.run_once(ReconcileMode::Full, Some("listing_card"), None)?;
+    let sampled = reconcile_listing_card(&harness)?;
     let secs = t.elapsed().as_secs_f64();
-    let sampled: u64 = report.read_models.iter().map(|r| r.sampled).sum();
     drop(harness);
-    drop(store);
     engine.shutdown()?;
     Ok((sampled as f64 / secs, sampled))
 }
@@ -247,14 +181,9 @@ fn reconcile_rate(listings: usize, n_events: usize) -> Result<(f64, u64), Error>
 fn disk_figures(stream: &[ListingEvent]) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
-    base.ingest(stream, 1000)?;
-    drop(base);
-    let mut sq = SqliteBaseline::create(&dir.path().join("b.sqlite"))?;
-    sq.ingest(stream, 1000)?;
-    drop(sq);
-    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    driftless_ingest(&engine, stream, 1000)?;
+    drop(filled_redb(&dir.path().join("a.redb"), stream)?);
+    drop(filled_sqlite(&dir.path().join("b.sqlite"), stream)?);
+    let engine = filled_engine(&dir.path().join("d.redb"), stream)?;
     let figures = engine.store().table_figures()?;
     engine.shutdown()?;
     let n = stream.len() as f64;

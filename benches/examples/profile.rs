@@ -18,10 +18,11 @@
 //!   10,000, with a page cache of CACHE_MIB MiB.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use driftless::reconcile::ReconcileMode;
-use driftless::ReadAnswer;
-use driftless_benches::{driftless_ingest, open_engine, peak_rss_bytes, workload, Error, RedbBaseline};
-use driftless_listings::{ListingEvent, ListingModel, Outcome, LISTING_CARD};
+use driftless_benches::{
+    applied_events, driftless_ingest, driftless_point_reads, filled_engine, filled_redb, listing_cards,
+    lookup_keys, open_engine, peak_rss_bytes, rebuild_listing_card, reconcile_fixture,
+    reconcile_listing_card, redb_point_reads, workload, Error,
+};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,11 +54,8 @@ fn ingest() -> Result<(), Error> {
 fn redeliver() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let stream = workload(200_000, 10_000, 7);
-    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    driftless_ingest(&engine, &stream, 1000)?;
-    let mut model = ListingModel::new();
-    let applied: Vec<ListingEvent> =
-        stream.iter().filter(|e| matches!(model.apply(e), Outcome::Applied)).cloned().collect();
+    let engine = filled_engine(&dir.path().join("d.redb"), &stream)?;
+    let applied = applied_events(&stream);
     for _ in 0..rounds() {
         let t = Instant::now();
         driftless_ingest(&engine, &applied, 1000)?;
@@ -70,30 +68,22 @@ fn redeliver() -> Result<(), Error> {
 fn reads() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let stream = workload(200_000, 10_000, 7);
-    let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
-    base.ingest(&stream, 1000)?;
-    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    driftless_ingest(&engine, &stream, 1000)?;
-    let mut keys: Vec<String> = stream.iter().map(|e| e.aggregate_id.clone()).collect();
-    keys.sort();
-    keys.dedup();
-    let lookups: Vec<&String> = (0..200_000).map(|i| &keys[(i * 7919) % keys.len()]).collect();
+    let base = filled_redb(&dir.path().join("a.redb"), &stream)?;
+    let engine = filled_engine(&dir.path().join("d.redb"), &stream)?;
+    let keys = lookup_keys(&stream, 200_000);
     for _ in 0..rounds() {
         let reader = base.reader()?;
         let t = Instant::now();
-        for k in &lookups {
-            std::hint::black_box(reader.get(k).unwrap());
-        }
-        let raw = per_second(lookups.len(), t);
-        let ReadAnswer::Ready(repo) = engine.read(&LISTING_CARD)? else { panic!("switched off") };
+        redb_point_reads(&reader, &keys);
+        let raw = per_second(keys.len(), t);
+        let repo = listing_cards(&engine)?;
         let t = Instant::now();
-        for k in &lookups {
-            std::hint::black_box(repo.get(k)?.unwrap());
-        }
-        let ours = per_second(lookups.len(), t);
+        driftless_point_reads(&repo, &keys)?;
+        let ours = per_second(keys.len(), t);
         println!("reads: raw {raw:.0}/s, repository {ours:.0}/s, ratio {:.3}", ours / raw);
     }
-    let stored = engine.store().raw_row("listing_card", lookups[0].as_bytes())?.ok_or("no row")?;
+    let first = keys.first().ok_or("no keys")?;
+    let stored = engine.store().raw_row("listing_card", first.as_bytes())?.ok_or("no row")?;
     let n = 1_000_000u32;
     let t = Instant::now();
     for _ in 0..n {
@@ -111,11 +101,10 @@ fn reads() -> Result<(), Error> {
 fn rebuild() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let stream = workload(200_000, 10_000, 7);
-    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    driftless_ingest(&engine, &stream, 1000)?;
+    let engine = filled_engine(&dir.path().join("d.redb"), &stream)?;
     for _ in 0..rounds() {
         let t = Instant::now();
-        engine.rebuild("listing_card")?;
+        rebuild_listing_card(&engine)?;
         println!("rebuild: {:.0} events/s", per_second(stream.len(), t));
     }
     engine.shutdown()?;
@@ -124,24 +113,13 @@ fn rebuild() -> Result<(), Error> {
 
 fn reconcile() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
-    let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
-    let stream = workload(400_000, 100_000, 11);
-    driftless_ingest(&engine, &stream, 1000)?;
-    let store = Arc::clone(engine.store());
-    store.file_aggregates()?;
-    let harness = engine
-        .reconciliation()
-        .reconciler(Arc::new(driftless_listings::embed::listing_card_reconciler(Arc::clone(&store))))
-        .workers(2)
-        .build()?;
+    let (engine, harness) = reconcile_fixture(&dir.path().join("d.redb"), 100_000, 400_000)?;
     for _ in 0..rounds() {
         let t = Instant::now();
-        let report = harness.run_once(ReconcileMode::Full, Some("listing_card"), None)?;
-        let keys: u64 = report.read_models.iter().map(|r| r.sampled).sum();
+        let keys = reconcile_listing_card(&harness)?;
         println!("reconcile: {:.0} keys/s ({keys} keys)", keys as f64 / t.elapsed().as_secs_f64());
     }
     drop(harness);
-    drop(store);
     engine.shutdown()?;
     Ok(())
 }

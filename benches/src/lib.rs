@@ -11,6 +11,8 @@ use driftless_listings::{
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -304,6 +306,163 @@ pub fn ingest_in_slices(
         seed += 1;
     }
     Ok(())
+}
+
+/// Events per commit with which the databases that re-delivery, point reads, rebuild and
+/// reconciliation start from are filled.
+pub const FILL_BATCH: usize = 1_000;
+
+/// Baseline A's database at `path` with `stream` projected, [`FILL_BATCH`] events per commit.
+pub fn filled_redb(path: &Path, stream: &[ListingEvent]) -> Result<RedbBaseline, Error> {
+    let base = RedbBaseline::create(path)?;
+    base.ingest(stream, FILL_BATCH)?;
+    Ok(base)
+}
+
+/// Baseline B's database at `path` with `stream` projected, [`FILL_BATCH`] events per commit.
+pub fn filled_sqlite(path: &Path, stream: &[ListingEvent]) -> Result<SqliteBaseline, Error> {
+    let mut sq = SqliteBaseline::create(path)?;
+    sq.ingest(stream, FILL_BATCH)?;
+    Ok(sq)
+}
+
+/// An engine on a new database at `path` with `stream` ingested, [`FILL_BATCH`] events per
+/// commit.
+pub fn filled_engine(path: &Path, stream: &[ListingEvent]) -> Result<driftless::Engine<ListingEvent>, Error> {
+    let engine = open_engine(path, FILL_BATCH)?;
+    driftless_ingest(&engine, stream, FILL_BATCH)?;
+    Ok(engine)
+}
+
+/// The events of `stream` that the business rules accept, in order. Re-delivering them is
+/// re-delivering applied events (a re-delivered rejected event is tried again, by the
+/// contract, so it is not a re-delivery of an applied event).
+#[must_use]
+pub fn applied_events(stream: &[ListingEvent]) -> Vec<ListingEvent> {
+    let mut model = driftless_listings::ListingModel::new();
+    stream
+        .iter()
+        .filter(|e| matches!(model.apply(e), driftless_listings::Outcome::Applied))
+        .cloned()
+        .collect()
+}
+
+/// `reads` listing ids of `stream` to look up, spread over all its listings.
+#[must_use]
+pub fn lookup_keys(stream: &[ListingEvent], reads: usize) -> Vec<String> {
+    let mut keys: Vec<&String> = stream.iter().map(|e| &e.aggregate_id).collect();
+    keys.sort();
+    keys.dedup();
+    (0..reads).map(|i| keys[(i * 7919) % keys.len()].clone()).collect()
+}
+
+/// Reads and decodes the `listing_card` row of every key with raw redb.
+pub fn redb_point_reads(reader: &RedbReader, keys: &[String]) {
+    for k in keys {
+        std::hint::black_box(reader.get(k).unwrap());
+    }
+}
+
+/// The engine's `listing_card` read repository.
+pub fn listing_cards(
+    engine: &driftless::Engine<ListingEvent>,
+) -> Result<driftless::ReadRepository<String, ListingCard>, Error> {
+    match engine.read(&driftless_listings::LISTING_CARD)? {
+        driftless::ReadAnswer::Ready(repo) => Ok(repo),
+        driftless::ReadAnswer::UseSourceOfTruth { .. } => Err("listing_card is switched off".into()),
+    }
+}
+
+/// Reads the `listing_card` row of every key through the engine's read repository.
+pub fn driftless_point_reads(
+    repo: &driftless::ReadRepository<String, ListingCard>,
+    keys: &[String],
+) -> Result<(), Error> {
+    for k in keys {
+        std::hint::black_box(repo.get(k)?.unwrap());
+    }
+    Ok(())
+}
+
+/// Producer threads of the concurrent-producers figure.
+pub const PRODUCERS: usize = 8;
+
+/// Splits `stream` into one part per producer, by aggregate, so that each listing's events
+/// stay in order.
+#[must_use]
+pub fn producer_parts(stream: &[ListingEvent], producers: usize) -> Vec<Vec<ListingEvent>> {
+    let mut parts: Vec<Vec<ListingEvent>> = vec![Vec::new(); producers.max(1)];
+    let n = parts.len();
+    for e in stream {
+        let h = e.aggregate_id.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        parts[h % n].push(e.clone());
+    }
+    parts
+}
+
+/// Runs one producer thread per part, each keeping up to `window` receipts in flight and
+/// waiting for every one of them. Returns the dispatch-to-commit latency of every event.
+pub fn run_producers(
+    engine: &Arc<driftless::Engine<ListingEvent>>,
+    parts: Vec<Vec<ListingEvent>>,
+    window: usize,
+) -> Vec<Duration> {
+    let handles: Vec<_> = parts
+        .into_iter()
+        .map(|part| {
+            let engine = Arc::clone(engine);
+            std::thread::spawn(move || -> Vec<Duration> {
+                let mut lat = Vec::with_capacity(part.len());
+                let mut inflight = std::collections::VecDeque::new();
+                for e in part {
+                    if inflight.len() >= window {
+                        let (at, r): (Instant, driftless::Receipt) = inflight.pop_front().unwrap();
+                        r.wait().unwrap();
+                        lat.push(at.elapsed());
+                    }
+                    inflight.push_back((Instant::now(), engine.dispatch(e).unwrap()));
+                }
+                for (at, r) in inflight {
+                    r.wait().unwrap();
+                    lat.push(at.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+}
+
+/// Rebuilds `listing_card` from the journal.
+pub fn rebuild_listing_card(engine: &driftless::Engine<ListingEvent>) -> Result<(), Error> {
+    engine.rebuild("listing_card")?;
+    Ok(())
+}
+
+/// An engine on a new database at `path` holding `events` events over `listings` listings,
+/// and a reconciliation harness with the refold reconciler of `listing_card` on 2 workers.
+/// The journal tail is already filed, as every run does first, so that a run measures the
+/// checking. Drop the harness before shutting the engine down.
+pub fn reconcile_fixture(
+    path: &Path,
+    listings: usize,
+    events: usize,
+) -> Result<(driftless::Engine<ListingEvent>, driftless::reconcile::ReconcileHarness), Error> {
+    let engine = filled_engine(path, &workload(events, listings, 11))?;
+    let store = Arc::clone(engine.store());
+    let harness = engine
+        .reconciliation()
+        .reconciler(Arc::new(driftless_listings::embed::listing_card_reconciler(Arc::clone(&store))))
+        .workers(2)
+        .build()?;
+    store.file_aggregates()?;
+    Ok((engine, harness))
+}
+
+/// One full refold reconciliation of `listing_card`; returns the number of keys checked.
+pub fn reconcile_listing_card(harness: &driftless::reconcile::ReconcileHarness) -> Result<u64, Error> {
+    let report = harness.run_once(driftless::reconcile::ReconcileMode::Full, Some("listing_card"), None)?;
+    Ok(report.read_models.iter().map(|r| r.sampled).sum())
 }
 
 /// Peak resident set size of this process, in bytes (Linux), if known.
