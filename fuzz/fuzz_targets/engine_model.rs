@@ -173,8 +173,12 @@ impl Harness {
     fn reopen(&mut self) {
         self.registry = None;
         self.store = None;
-        let options =
-            StoreOptions { durability: Durability::Eventual, journal: true, cache_bytes: Some(1 << 20) };
+        let options = StoreOptions {
+            durability: Durability::Eventual,
+            journal: true,
+            cache_bytes: Some(1 << 20),
+            check_integrity_on_open: true,
+        };
         let store = Store::open_with_backend(Disk(self.disk.clone()), options).expect("the store opens");
         let projectors: Vec<Arc<dyn Projector<ListingEvent>>> = vec![
             Arc::new(Flaky { inner: ListingCardProjector, index: 0, plan: self.plan.clone() }),

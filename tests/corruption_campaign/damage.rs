@@ -7,7 +7,7 @@
 //! description instead of ending the test. A case passes when nothing panicked and either
 //! some step complained, or everything read equals the undamaged original.
 
-use super::fixture::{listing_projectors, probe_options, Fixture, Snapshot, TestError};
+use super::fixture::{listing_projectors, probe_options, Fixture, OpenCheck, Snapshot, TestError};
 use driftless_domain::{PreparedEvent, Timestamp};
 use driftless_listings::{ListingEvent, ListingEventKind};
 use driftless_storage::{OpenError, Store};
@@ -223,9 +223,15 @@ fn open_error_kind(e: &OpenError) -> Result<&'static str, String> {
     })
 }
 
-/// Runs one case: every step under `catch_unwind`. `Err` is a failed case (a panic, or
-/// differing data that nothing complained about).
-pub fn run_case(case: &Case, fixture: &Fixture, scratch: &Scratch) -> Result<Verdict, String> {
+/// Runs one case: every step under `catch_unwind`, on stores opened with or without the
+/// integrity check. `Err` is a failed case (a panic, or differing data that nothing
+/// complained about).
+pub fn run_case(
+    case: &Case,
+    fixture: &Fixture,
+    scratch: &Scratch,
+    check: OpenCheck,
+) -> Result<Verdict, String> {
     let original = fixture.last().ok_or("the fixture has no state")?;
     let previous = fixture.history.len().checked_sub(2).and_then(|i| fixture.history.get(i));
     if tracing() {
@@ -243,13 +249,13 @@ pub fn run_case(case: &Case, fixture: &Fixture, scratch: &Scratch) -> Result<Ver
         format!("{}: PANIC in {step}: {text} [{}]", case.description, seen.join(" | "))
     };
 
-    let (opened, seen) = quietly(|| Store::open(path, probe_options()));
+    let (opened, seen) = quietly(|| Store::open(path, probe_options(check)));
     contained += seen.len();
     let mut store = match opened {
         Err(p) => return Err(panicked("Store::open", &*p, &seen)),
         Ok(Err(e)) => {
             let kind = open_error_kind(&e).map_err(|m| format!("{}: {m}", case.description))?;
-            let write_committed = write_probe(case, &bytes, scratch)?;
+            let write_committed = write_probe(case, &bytes, scratch, check)?;
             return Ok(Verdict {
                 outcome: Outcome::RefusedAtOpen,
                 reads_differed: false,
@@ -310,17 +316,17 @@ pub fn run_case(case: &Case, fixture: &Fixture, scratch: &Scratch) -> Result<Ver
         }
         _ => detail,
     };
-    let write_committed = write_probe(case, &bytes, scratch)?;
+    let write_committed = write_probe(case, &bytes, scratch, check)?;
     Ok(Verdict { outcome, reads_differed, contained_panics: contained, write_committed, detail })
 }
 
 /// Opens a fresh copy of the damaged image and writes to it: registers the projectors and
 /// projects a new event and a re-delivery. Errors are fine; a panic is a failure. Returns
 /// whether the write committed.
-fn write_probe(case: &Case, bytes: &[u8], scratch: &Scratch) -> Result<bool, String> {
+fn write_probe(case: &Case, bytes: &[u8], scratch: &Scratch, check: OpenCheck) -> Result<bool, String> {
     let path = scratch.write(bytes)?;
     let (result, seen) = quietly(|| -> Result<(), TestError> {
-        let store = Store::open(path, probe_options())?;
+        let store = Store::open(path, probe_options(check))?;
         let registry = store.register(listing_projectors(), &[])?;
         let fresh = ListingEvent::new(
             "probe-listing",
@@ -417,8 +423,8 @@ pub fn header_cases(bytes: &[u8]) -> Vec<Case> {
 
 /// Changed bytes in every later page: 16 spread offsets with random patterns in every page
 /// that holds data, and 2 in every page of zeros (never written, or freed and zeroed); 256
-/// per page, whatever it holds, in full mode.
-pub fn page_cases(bytes: &[u8], seed: u64) -> Vec<Case> {
+/// per page, whatever it holds, when `exhaustive`.
+pub fn page_cases(bytes: &[u8], seed: u64, exhaustive: bool) -> Vec<Case> {
     let mut rng = Rng::new(seed);
     let mut cases = Vec::new();
     let pages = bytes.len().div_ceil(PAGE);
@@ -426,7 +432,7 @@ pub fn page_cases(bytes: &[u8], seed: u64) -> Vec<Case> {
         let zeros = bytes
             .get(page * PAGE..((page + 1) * PAGE).min(bytes.len()))
             .is_some_and(|p| p.iter().all(|&b| b == 0));
-        let per_page = match (full_mode(), zeros) {
+        let per_page = match (exhaustive, zeros) {
             (true, _) => 256,
             (false, false) => 16,
             (false, true) => 2,
@@ -593,6 +599,16 @@ impl Tally {
     /// The failed cases.
     pub fn failures(&self) -> &[String] {
         &self.failures
+    }
+
+    /// How many cases of `class` ended with `outcome`.
+    pub fn count(&self, class: Class, outcome: Outcome) -> usize {
+        self.counts.get(&(class, outcome)).map_or(0, |(n, _)| *n)
+    }
+
+    /// How many write probes committed, over every class.
+    pub fn writes_committed(&self) -> usize {
+        self.writes.values().map(|(ok, _)| ok).sum()
     }
 
     /// How many cases ran.

@@ -29,9 +29,23 @@ pub fn listing_projectors() -> Vec<Arc<dyn Projector<ListingEvent>>> {
     vec![Arc::new(ListingCardProjector), Arc::new(DistrictStatsProjector)]
 }
 
+/// Whether damaged copies are opened with the integrity check at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenCheck {
+    /// With it, as by default: damage in any page of the committed trees is refused at open.
+    On,
+    /// Without it: damage is met by the reads and writes that touch it.
+    Off,
+}
+
 /// Options for opening damaged copies: unsynced commits and a small page cache.
-pub fn probe_options() -> StoreOptions {
-    StoreOptions { durability: Durability::Eventual, journal: true, cache_bytes: Some(4 << 20) }
+pub fn probe_options(check: OpenCheck) -> StoreOptions {
+    StoreOptions {
+        durability: Durability::Eventual,
+        journal: true,
+        cache_bytes: Some(4 << 20),
+        check_integrity_on_open: check == OpenCheck::On,
+    }
 }
 
 /// Every how-manyth aggregate [`Snapshot::read`] reads the journal of.

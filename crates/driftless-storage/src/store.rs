@@ -32,11 +32,30 @@ pub struct StoreOptions {
     pub journal: bool,
     /// redb's page cache size in bytes (`None`: redb's default).
     pub cache_bytes: Option<usize>,
+    /// Whether opening an existing file verifies it first (the default): redb checks the
+    /// checksum of every page of its committed trees, its own bookkeeping included, and
+    /// rebuilds its allocator state from them, so that a file damaged since it was written is
+    /// refused with [`OpenError::Corrupted`] instead of being trusted.
+    ///
+    /// The check reads every page the file uses, at every open: on the development machine
+    /// about 0.5 ms per MiB of file with the file in the operating system's cache and 2 ms
+    /// per MiB from disk (a 514 MiB file of a million events: 0.3 s and 1.1 s). After an
+    /// unclean shutdown redb does this work anyway, to recover. Without the check, an open
+    /// reads only the pages it needs, and damage is met by the reads and writes that touch
+    /// it, which report it as an error; except damage to redb's record of freed pages, on
+    /// which redb panics twice at the first durable commit or at the close (the second time
+    /// while the first panic unwinds), and that aborts the process.
+    pub check_integrity_on_open: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { durability: Durability::Immediate, journal: true, cache_bytes: None }
+        Self {
+            durability: Durability::Immediate,
+            journal: true,
+            cache_bytes: None,
+            check_integrity_on_open: true,
+        }
     }
 }
 
@@ -62,6 +81,7 @@ fn builder(options: &StoreOptions) -> redb::Builder {
     if let Some(bytes) = options.cache_bytes {
         b.set_cache_size(bytes);
     }
+    b.set_check_integrity_on_open(options.check_integrity_on_open);
     b
 }
 
@@ -108,7 +128,9 @@ impl Store {
     ///
     /// A new database is created at a temporary path beside `path`, initialised, synced and
     /// then linked into place, so a crash during creation never leaves a half-made file at
-    /// `path`. New files are readable and writable by their owner only.
+    /// `path`. New files are readable and writable by their owner only. An existing file is
+    /// verified before anything else reads it, unless
+    /// [`StoreOptions::check_integrity_on_open`] is off.
     ///
     /// # Errors
     /// [`OpenError::InUse`] when another process has it open, [`OpenError::NotDriftless`]

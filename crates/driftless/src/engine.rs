@@ -59,6 +59,11 @@ pub struct EngineOptions {
     /// redb page-cache size in bytes (`None`: redb's default of 1 GiB); default
     /// [`DEFAULT_CACHE_BYTES`](crate::DEFAULT_CACHE_BYTES).
     pub cache_bytes: Option<usize>,
+    /// Whether the open verifies every page checksum of an existing file before trusting it
+    /// (default: on), refusing a damaged file with `OpenError::Corrupted`. It reads every
+    /// page the file uses; see [`StoreOptions::check_integrity_on_open`] for the cost and
+    /// for what is at stake without it.
+    pub check_integrity_on_open: bool,
 }
 
 impl Default for EngineOptions {
@@ -74,6 +79,7 @@ impl Default for EngineOptions {
             view_refresh_interval: None,
             cache_bytes: Some(DEFAULT_CACHE_BYTES),
             demotion_engages_kill_switch: true,
+            check_integrity_on_open: true,
         }
     }
 }
@@ -130,6 +136,12 @@ impl<E: Event> EngineBuilder<E> {
         self
     }
 
+    /// Turns the integrity check of an existing file at open on or off.
+    pub fn check_integrity_on_open(mut self, check: bool) -> Self {
+        self.options.check_integrity_on_open = check;
+        self
+    }
+
     /// Sets the most events per commit.
     pub fn max_batch_events(mut self, n: usize) -> Self {
         self.options.max_batch_events = n;
@@ -165,11 +177,7 @@ impl<E: Event> EngineBuilder<E> {
     /// projectors cannot be registered.
     pub fn open(self) -> Result<Engine<E>, BuildError> {
         self.check()?;
-        let o = &self.options;
-        let store = Store::open(
-            &self.path,
-            StoreOptions { durability: o.durability, journal: o.journal, cache_bytes: o.cache_bytes },
-        )?;
+        let store = Store::open(&self.path, self.store_options())?;
         self.start(store)
     }
 
@@ -183,12 +191,18 @@ impl<E: Event> EngineBuilder<E> {
         backend: impl driftless_storage::StorageBackend,
     ) -> Result<Engine<E>, BuildError> {
         self.check()?;
-        let o = &self.options;
-        let store = Store::open_with_backend(
-            backend,
-            StoreOptions { durability: o.durability, journal: o.journal, cache_bytes: o.cache_bytes },
-        )?;
+        let store = Store::open_with_backend(backend, self.store_options())?;
         self.start(store)
+    }
+
+    fn store_options(&self) -> StoreOptions {
+        let o = &self.options;
+        StoreOptions {
+            durability: o.durability,
+            journal: o.journal,
+            cache_bytes: o.cache_bytes,
+            check_integrity_on_open: o.check_integrity_on_open,
+        }
     }
 
     fn check(&self) -> Result<(), BuildError> {
