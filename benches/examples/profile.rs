@@ -129,7 +129,6 @@ fn rss(events: usize, cache_mib: usize) -> Result<(), Error> {
     let mut builder =
         driftless::Engine::builder(dir.path().join("d.redb")).options(driftless::EngineOptions {
             cache_bytes: Some(cache_mib << 20),
-            queue_capacity: 16,
             max_batch_events: 1000,
             ..Default::default()
         });

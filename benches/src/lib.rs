@@ -254,10 +254,11 @@ impl SqliteBaseline {
     }
 }
 
-/// Opens a driftless engine on the sample domain with `batch` events per commit.
+/// Opens a driftless engine on the sample domain with `batch` events per commit and every
+/// other setting at its default (a queue of 1,024 messages that blocks when full, a 64 MiB
+/// page cache, synced commits, the journal on).
 pub fn open_engine(path: &Path, batch: usize) -> Result<driftless::Engine<ListingEvent>, Error> {
-    let mut b =
-        driftless::Engine::builder(path).max_batch_events(batch.max(1)).queue(16, driftless::WhenFull::Block);
+    let mut b = driftless::Engine::builder(path).max_batch_events(batch.max(1));
     for p in driftless_listings::projectors() {
         b = b.projector_arc(std::sync::Arc::from(p));
     }
