@@ -14,14 +14,16 @@
 //!   repository, and the cost of checking one stored value's checksum;
 //! - `rebuild`: a rebuild of `listing_card` from a 200,000-entry journal;
 //! - `reconcile`: full refold reconciliation of a 100,000-row `listing_card`;
+//! - `producers`: 8 producer threads, 64 receipts in flight each, 200,000 events; prints
+//!   the dispatch-to-commit latency percentiles;
 //! - `rss EVENTS CACHE_MIB`: peak RSS of ingesting EVENTS events, generated in slices of
 //!   10,000, with a page cache of CACHE_MIB MiB.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use driftless_benches::{
     applied_events, driftless_ingest, driftless_point_reads, filled_engine, filled_redb, listing_cards,
-    lookup_keys, open_engine, peak_rss_bytes, rebuild_listing_card, reconcile_fixture,
-    reconcile_listing_card, redb_point_reads, workload, Error,
+    lookup_keys, open_engine, peak_rss_bytes, producer_parts, rebuild_listing_card, reconcile_fixture,
+    reconcile_listing_card, redb_point_reads, run_producers, workload, Error, PRODUCERS,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -124,6 +126,30 @@ fn reconcile() -> Result<(), Error> {
     Ok(())
 }
 
+fn producers() -> Result<(), Error> {
+    let stream = workload(200_000, 10_000, 7);
+    for _ in 0..rounds() {
+        let dir = tempfile::tempdir()?;
+        let engine = Arc::new(open_engine(&dir.path().join("d.redb"), 1000)?);
+        let t = Instant::now();
+        let mut lat = run_producers(&engine, producer_parts(&stream, PRODUCERS), 64);
+        let rate = per_second(stream.len(), t);
+        lat.sort();
+        let ms = |q: f64| {
+            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        println!(
+            "producers: {rate:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(0.5),
+            ms(0.99),
+            ms(1.0)
+        );
+        Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.shutdown()?;
+    }
+    Ok(())
+}
+
 fn rss(events: usize, cache_mib: usize) -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let mut builder =
@@ -152,9 +178,13 @@ fn main() -> Result<(), Error> {
         Some("reads") => reads(),
         Some("rebuild") => rebuild(),
         Some("reconcile") => reconcile(),
+        Some("producers") => producers(),
         Some("rss") => {
             rss(arg(2).unwrap_or(2_000_000), arg(3).unwrap_or(driftless::DEFAULT_CACHE_BYTES >> 20))
         }
-        _ => Err("usage: profile ingest|redeliver|reads|rebuild|reconcile|rss [EVENTS [CACHE_MIB]]".into()),
+        _ => {
+            Err("usage: profile ingest|redeliver|reads|rebuild|reconcile|producers|rss [EVENTS [CACHE_MIB]]"
+                .into())
+        }
     }
 }

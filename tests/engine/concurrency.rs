@@ -201,3 +201,102 @@ fn a_full_queue_fails_fast_with_when_full_fail_and_flush_still_waits() -> TestRe
     engine.shutdown()?;
     Ok(())
 }
+
+#[test]
+fn the_queue_is_bounded_in_events_as_well_as_in_messages() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events = stream(40, 5, 2, 3);
+    let (model, outcomes) = fold(&events);
+    let (gated, gate) = Gated::new(ListingCardProjector);
+    let engine = Engine::builder(dir.path().join("db.redb"))
+        .options(EngineOptions {
+            queue_capacity: 100,
+            queue_events: 5,
+            when_full: WhenFull::Fail,
+            ..options()
+        })
+        .projector(gated)
+        .projector(DistrictStatsProjector)
+        .open()?;
+    let first = events.first().ok_or("an empty stream")?;
+    let mut receipts = vec![engine.dispatch(first.clone())?];
+    gate.wait_entered()?;
+    // The writer is stuck in a commit. One batch of 3 and two single events fill the 5
+    // events of room, though 97 message slots are left.
+    let batch = engine.dispatch_batch(events.get(1..4).ok_or("a short stream")?.iter().cloned())?;
+    for event in events.get(4..6).ok_or("a short stream")? {
+        receipts.push(engine.dispatch(event.clone())?);
+    }
+    ensure_eq!((engine.queued(), engine.queued_events()), (3, 5), "messages and events waiting");
+    let refused = events.get(6).ok_or("a short stream")?;
+    match engine.dispatch(refused.clone()) {
+        Err(DispatchError::QueueFull { capacity }) => ensure_eq!(capacity, 5, "the capacity reported"),
+        other => return Err(format!("expected QueueFull, got {other:?}").into()),
+    }
+    ensure_eq!(engine.queued_events(), 5, "events waiting after a refusal");
+    gate.open()?;
+    engine.flush()?;
+    ensure_eq!(engine.queued_events(), 0, "events waiting after the flush");
+    let mut reports = Vec::new();
+    reports.push(receipts.remove(0).wait()?);
+    reports.extend(batch.wait()?);
+    for receipt in receipts {
+        reports.push(receipt.wait()?);
+    }
+    for (report, expected) in reports.iter().zip(&outcomes) {
+        ensure!(same_outcome(&report.outcome, expected), "{:?} vs {expected:?}", report.outcome);
+    }
+    // A batch larger than the bound is taken when nothing else waits.
+    let rest = engine.dispatch_batch(events.iter().skip(6).cloned())?.wait()?;
+    for (report, expected) in rest.iter().zip(outcomes.iter().skip(6)) {
+        ensure!(same_outcome(&report.outcome, expected), "{:?} vs {expected:?}", report.outcome);
+    }
+    ensure_matches_model(&engine, &model)?;
+    engine.shutdown()?;
+    Ok(())
+}
+
+#[test]
+fn a_producer_blocked_on_queued_events_goes_on_when_the_writer_takes_them() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events = stream(40, 5, 2, 3);
+    let (model, _) = fold(&events);
+    let (gated, gate) = Gated::new(ListingCardProjector);
+    let engine = Engine::builder(dir.path().join("db.redb"))
+        .options(EngineOptions {
+            queue_capacity: 100,
+            queue_events: 4,
+            when_full: WhenFull::Block,
+            ..options()
+        })
+        .projector(gated)
+        .projector(DistrictStatsProjector)
+        .open()?;
+    let first = events.first().ok_or("an empty stream")?;
+    let head = engine.dispatch(first.clone())?;
+    gate.wait_entered()?;
+    let waiting = engine.dispatch_batch(events.get(1..5).ok_or("a short stream")?.iter().cloned())?;
+    ensure_eq!(engine.queued_events(), 4, "events waiting");
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| -> TestResult {
+        let producer =
+            s.spawn(|| -> Result<Vec<driftless::EventReport>, Box<dyn std::error::Error + Send + Sync>> {
+                let reports = engine.dispatch_batch(events.iter().skip(5).cloned())?.wait()?;
+                done.store(true, Ordering::SeqCst);
+                Ok(reports)
+            });
+        // The producer cannot queue while the writer holds the first commit.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        ensure!(!done.load(Ordering::SeqCst), "the producer went past a full queue");
+        ensure_eq!(engine.queued_events(), 4, "events waiting while the producer blocks");
+        gate.open()?;
+        let reports = producer.join().map_err(|_| "the producer panicked")?.map_err(|e| e.to_string())?;
+        ensure_eq!(reports.len(), events.len() - 5, "reports of the blocked batch");
+        Ok(())
+    })?;
+    head.wait()?;
+    waiting.wait()?;
+    ensure_matches_model(&engine, &model)?;
+    engine.shutdown()?;
+    Ok(())
+}

@@ -10,6 +10,7 @@ use driftless_storage::{
     DeadLetter, Durability, EventOutcome, EventReport, KillSwitch, ReadAnswer, ReadModelKind, Registry,
     ReplayReport, Store, StoreOptions,
 };
+use parking_lot::{Condvar, Mutex};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,11 +33,22 @@ pub enum WhenFull {
 /// process far beyond what an embedded library should take.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
+/// The default bound on events waiting for the writer: 16 full batches of the default
+/// size. Single-event producers still get up to 1,024 queued messages; a producer of large
+/// batches waits (or is refused) once 16,384 events are queued, so the queue holds tens of
+/// MiB at most rather than a million events.
+pub const DEFAULT_QUEUE_EVENTS: usize = 16_384;
+
 /// Settings of an engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// Most messages waiting for the writer (each holds at most `max_batch_events` events).
     pub queue_capacity: usize,
+    /// Most events waiting for the writer, over all queued messages. This bounds the memory
+    /// that dispatched but uncommitted events take, whatever the messages' sizes: producers
+    /// of single events need many queued messages, batches need few. A message with more
+    /// events than this is taken only when no other events are waiting.
+    pub queue_events: usize,
     /// Most events in one commit.
     pub max_batch_events: usize,
     /// How long the writer waits for more events before committing a batch that is not
@@ -70,6 +82,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             queue_capacity: 1024,
+            queue_events: DEFAULT_QUEUE_EVENTS,
             max_batch_events: 1000,
             max_batch_wait: Duration::ZERO,
             when_full: WhenFull::Block,
@@ -139,6 +152,13 @@ impl<E: Event> EngineBuilder<E> {
     /// Turns the integrity check of an existing file at open on or off.
     pub fn check_integrity_on_open(mut self, check: bool) -> Self {
         self.options.check_integrity_on_open = check;
+        self
+    }
+
+    /// Sets the most events waiting for the writer over all queued messages (see
+    /// [`EngineOptions::queue_events`]).
+    pub fn queue_events(mut self, n: usize) -> Self {
+        self.options.queue_events = n;
         self
     }
 
@@ -213,6 +233,12 @@ impl<E: Event> EngineBuilder<E> {
                 reason: "it must be at least 1",
             });
         }
+        if o.queue_events == 0 {
+            return Err(BuildError::InvalidSetting {
+                setting: "queue_events",
+                reason: "it must be at least 1",
+            });
+        }
         if o.max_batch_events == 0 {
             return Err(BuildError::InvalidSetting {
                 setting: "max_batch_events",
@@ -244,6 +270,8 @@ impl<E: Event> EngineBuilder<E> {
             clock: self.clock,
             options: self.options,
             views: self.views,
+            queued_events: Mutex::new(0),
+            room: Condvar::new(),
         });
         let (tx, rx) = bounded::<Msg<E>>(shared.options.queue_capacity);
         let writer_shared = Arc::clone(&shared);
@@ -281,9 +309,23 @@ struct Shared<E: Event> {
     clock: Arc<dyn Clock>,
     options: EngineOptions,
     views: Vec<Arc<dyn MaterializedView>>,
+    /// Events in queued messages: taken by `send`, given back when the writer receives.
+    queued_events: Mutex<usize>,
+    /// Signalled when the writer gives events back.
+    room: Condvar,
 }
 
 impl<E: Event> Shared<E> {
+    /// Gives back the queue room of a message the writer has taken.
+    fn taken(&self, msg: &Msg<E>) {
+        if let Msg::Events { events, .. } = msg {
+            let mut queued = self.queued_events.lock();
+            *queued = queued.saturating_sub(events.len());
+            drop(queued);
+            self.room.notify_all();
+        }
+    }
+
     fn refresh(&self, view: &dyn MaterializedView) -> Result<(), EngineError> {
         let name = view.table().name.to_string();
         let rows = view
@@ -435,8 +477,45 @@ impl<E: Event> Engine<E> {
         self.tx.as_ref().ok_or(DispatchError::ShutDown)
     }
 
+    /// Takes queue room for `n` events, waiting for the writer or refusing as `when_full`
+    /// says.
+    fn reserve(&self, n: usize) -> Result<(), DispatchError> {
+        let options = &self.shared.options;
+        let mut queued = self.shared.queued_events.lock();
+        loop {
+            if *queued == 0 || queued.saturating_add(n) <= options.queue_events {
+                *queued = queued.saturating_add(n);
+                return Ok(());
+            }
+            if options.when_full == WhenFull::Fail {
+                return Err(DispatchError::QueueFull { capacity: options.queue_events });
+            }
+            if self.writer.as_ref().is_none_or(JoinHandle::is_finished) {
+                return Err(DispatchError::ShutDown);
+            }
+            // Woken when the writer takes a message; the timeout re-checks that it lives.
+            self.shared.room.wait_for(&mut queued, Duration::from_millis(100));
+        }
+    }
+
     fn send(&self, msg: Msg<E>) -> Result<(), DispatchError> {
         let tx = self.sender()?;
+        let n = match &msg {
+            Msg::Events { events, .. } => events.len(),
+            _ => 0,
+        };
+        if n > 0 {
+            self.reserve(n)?;
+        }
+        let sent = self.send_message(tx, msg);
+        if sent.is_err() && n > 0 {
+            let mut queued = self.shared.queued_events.lock();
+            *queued = queued.saturating_sub(n);
+        }
+        sent
+    }
+
+    fn send_message(&self, tx: &Sender<Msg<E>>, msg: Msg<E>) -> Result<(), DispatchError> {
         match self.shared.options.when_full {
             WhenFull::Block => tx.send(msg).map_err(|_| DispatchError::ShutDown),
             WhenFull::Fail => tx.try_send(msg).map_err(|e| match e {
@@ -513,6 +592,12 @@ impl<E: Event> Engine<E> {
     #[must_use]
     pub fn queued(&self) -> usize {
         self.tx.as_ref().map_or(0, Sender::len)
+    }
+
+    /// How many events are waiting for the writer, over all queued messages.
+    #[must_use]
+    pub fn queued_events(&self) -> usize {
+        *self.shared.queued_events.lock()
     }
 
     /// Opens a read model for reading.
@@ -823,7 +908,10 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
         let msg = match carry.take() {
             Some(m) => m,
             None => match rx.recv() {
-                Ok(m) => m,
+                Ok(m) => {
+                    shared.taken(&m);
+                    m
+                }
                 Err(_) => break,
             },
         };
@@ -839,6 +927,9 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
                         Err(TryRecvError::Empty) if shared.options.max_batch_wait.is_zero() => None,
                         Err(TryRecvError::Empty) => rx.recv_deadline(deadline).ok(),
                     };
+                    if let Some(m) = &next {
+                        shared.taken(m);
+                    }
                     match next {
                         Some(Msg::Events { events, reply }) => {
                             n += events.len();

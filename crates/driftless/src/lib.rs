@@ -4,8 +4,8 @@
 //! keeps query-shaped read models in one local redb file, applying every event **exactly
 //! once** per projector — across crashes, re-deliveries and restarts.
 //!
-//! - [`Engine::dispatch`] queues an event (bounded queue: backpressure, not unbounded
-//!   memory) and returns a [`Receipt`] to wait on for read-your-writes.
+//! - [`Engine::dispatch`] queues an event (a queue bounded in messages and in events:
+//!   backpressure, not unbounded memory) and returns a [`Receipt`] to wait on for read-your-writes.
 //! - One writer thread groups queued events into batches and commits each batch, offsets
 //!   and read-model writes together, in ONE redb write transaction.
 //! - A re-delivered event is a duplicate; the same id with another payload is a conflict; a
@@ -106,6 +106,7 @@ pub mod reconcile {
 
 pub use engine::{
     BatchReceipt, Engine, EngineBuilder, EngineOptions, Freshness, Receipt, WhenFull, DEFAULT_CACHE_BYTES,
+    DEFAULT_QUEUE_EVENTS,
 };
 pub use error::{BuildError, DispatchError, EngineError, NotCommitted};
 pub use view::{MaterializedView, View, ViewSource};
