@@ -1,6 +1,7 @@
 //! The engine: builder, dispatch pipeline, writer thread, reads and operations.
 
 use crate::error::{BuildError, DispatchError, EngineError, NotCommitted};
+use crate::room::EventRoom;
 use crate::view::{MaterializedView, ViewSource};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use driftless_domain::{
@@ -10,7 +11,6 @@ use driftless_storage::{
     DeadLetter, Durability, EventOutcome, EventReport, KillSwitch, ReadAnswer, ReadModelKind, Registry,
     ReplayReport, Store, StoreOptions,
 };
-use parking_lot::{Condvar, Mutex};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -268,10 +268,9 @@ impl<E: Event> EngineBuilder<E> {
             store: Arc::new(store),
             registry,
             clock: self.clock,
+            room: EventRoom::new(self.options.queue_events),
             options: self.options,
             views: self.views,
-            queued_events: Mutex::new(0),
-            room: Condvar::new(),
         });
         let (tx, rx) = bounded::<Msg<E>>(shared.options.queue_capacity);
         let writer_shared = Arc::clone(&shared);
@@ -309,21 +308,15 @@ struct Shared<E: Event> {
     clock: Arc<dyn Clock>,
     options: EngineOptions,
     views: Vec<Arc<dyn MaterializedView>>,
-    /// Events in queued messages: taken by `send`, given back when the writer receives.
-    queued_events: Mutex<usize>,
-    /// Signalled when the writer gives events back.
-    room: Condvar,
+    /// Room for events in queued messages: taken by `send`, given back when the writer
+    /// receives their message.
+    room: EventRoom,
 }
 
 impl<E: Event> Shared<E> {
     /// Gives back the queue room of a message the writer has taken.
     fn taken(&self, msg: &Msg<E>) {
-        if let Msg::Events { events, .. } = msg {
-            let mut queued = self.queued_events.lock();
-            *queued = queued.saturating_sub(events.len());
-            drop(queued);
-            self.room.notify_all();
-        }
+        self.room.give_back(msg.event_count());
     }
 
     fn refresh(&self, view: &dyn MaterializedView) -> Result<(), EngineError> {
@@ -358,6 +351,16 @@ enum Msg<E> {
     Events { events: Vec<PreparedEvent<E>>, reply: EventsReply },
     Flush(Reply<()>),
     Command(Command, Reply<Result<CommandOutput, EngineError>>),
+}
+
+impl<E> Msg<E> {
+    /// The events the message carries (the room it takes in the queue).
+    fn event_count(&self) -> usize {
+        match self {
+            Msg::Events { events, .. } => events.len(),
+            Msg::Flush(_) | Msg::Command(..) => 0,
+        }
+    }
 }
 
 /// A pending dispatch: wait on it for read-your-writes.
@@ -477,40 +480,17 @@ impl<E: Event> Engine<E> {
         self.tx.as_ref().ok_or(DispatchError::ShutDown)
     }
 
-    /// Takes queue room for `n` events, waiting for the writer or refusing as `when_full`
-    /// says.
-    fn reserve(&self, n: usize) -> Result<(), DispatchError> {
-        let options = &self.shared.options;
-        let mut queued = self.shared.queued_events.lock();
-        loop {
-            if *queued == 0 || queued.saturating_add(n) <= options.queue_events {
-                *queued = queued.saturating_add(n);
-                return Ok(());
-            }
-            if options.when_full == WhenFull::Fail {
-                return Err(DispatchError::QueueFull { capacity: options.queue_events });
-            }
-            if self.writer.as_ref().is_none_or(JoinHandle::is_finished) {
-                return Err(DispatchError::ShutDown);
-            }
-            // Woken when the writer takes a message; the timeout re-checks that it lives.
-            self.shared.room.wait_for(&mut queued, Duration::from_millis(100));
-        }
-    }
-
     fn send(&self, msg: Msg<E>) -> Result<(), DispatchError> {
         let tx = self.sender()?;
-        let n = match &msg {
-            Msg::Events { events, .. } => events.len(),
-            _ => 0,
-        };
+        let n = msg.event_count();
         if n > 0 {
-            self.reserve(n)?;
+            let block = self.shared.options.when_full == WhenFull::Block;
+            let writer_alive = || self.writer.as_ref().is_some_and(|w| !w.is_finished());
+            self.shared.room.take(n, block, writer_alive)?;
         }
         let sent = self.send_message(tx, msg);
-        if sent.is_err() && n > 0 {
-            let mut queued = self.shared.queued_events.lock();
-            *queued = queued.saturating_sub(n);
+        if sent.is_err() {
+            self.shared.room.give_back(n);
         }
         sent
     }
@@ -597,7 +577,7 @@ impl<E: Event> Engine<E> {
     /// How many events are waiting for the writer, over all queued messages.
     #[must_use]
     pub fn queued_events(&self) -> usize {
-        *self.shared.queued_events.lock()
+        self.shared.room.queued()
     }
 
     /// Opens a read model for reading.

@@ -95,6 +95,7 @@
 
 mod engine;
 mod error;
+mod room;
 mod view;
 
 /// Reconciliation: the reconciler port, the harness, the refold reconciler and the policy
