@@ -1,11 +1,11 @@
 //! Concurrent producers, re-deliveries, backpressure and a full queue.
 
 use super::{
-    ensure_applied_counts, ensure_matches_model, fold, joined, open_listings, options, same_outcome, stream,
-    wait_until, Gated, TestResult,
+    ensure_applied_counts, ensure_matches_model, fold, joined, open_gated, open_listings, options,
+    same_outcome, stream, wait_until, TestResult,
 };
 use driftless::{DispatchError, Engine, EngineOptions, EventOutcome, Receipt, WhenFull};
-use driftless_listings::{DistrictStatsProjector, ListingCardProjector, ListingEvent, Outcome};
+use driftless_listings::{ListingEvent, Outcome};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const PRODUCERS: usize = 4;
@@ -144,12 +144,10 @@ fn a_full_queue_fails_fast_with_when_full_fail_and_flush_still_waits() -> TestRe
     let dir = tempfile::tempdir()?;
     let events = stream(40, 5, 2, 3);
     let (model, outcomes) = fold(&events);
-    let (gated, gate) = Gated::new(ListingCardProjector);
-    let engine = Engine::builder(dir.path().join("db.redb"))
-        .options(EngineOptions { queue_capacity: 2, when_full: WhenFull::Fail, ..options() })
-        .projector(gated)
-        .projector(DistrictStatsProjector)
-        .open()?;
+    let (engine, gate) = open_gated(
+        &dir.path().join("db.redb"),
+        EngineOptions { queue_capacity: 2, when_full: WhenFull::Fail, ..options() },
+    )?;
     let mut pending = events.iter().zip(&outcomes);
     let mut receipts = Vec::new();
     let (first, first_outcome) = pending.next().ok_or("an empty stream")?;
@@ -207,17 +205,10 @@ fn the_queue_is_bounded_in_events_as_well_as_in_messages() -> TestResult {
     let dir = tempfile::tempdir()?;
     let events = stream(40, 5, 2, 3);
     let (model, outcomes) = fold(&events);
-    let (gated, gate) = Gated::new(ListingCardProjector);
-    let engine = Engine::builder(dir.path().join("db.redb"))
-        .options(EngineOptions {
-            queue_capacity: 100,
-            queue_events: 5,
-            when_full: WhenFull::Fail,
-            ..options()
-        })
-        .projector(gated)
-        .projector(DistrictStatsProjector)
-        .open()?;
+    let (engine, gate) = open_gated(
+        &dir.path().join("db.redb"),
+        EngineOptions { queue_capacity: 100, queue_events: 5, when_full: WhenFull::Fail, ..options() },
+    )?;
     let first = events.first().ok_or("an empty stream")?;
     let mut receipts = vec![engine.dispatch(first.clone())?];
     gate.wait_entered()?;
@@ -261,17 +252,10 @@ fn a_producer_blocked_on_queued_events_goes_on_when_the_writer_takes_them() -> T
     let dir = tempfile::tempdir()?;
     let events = stream(40, 5, 2, 3);
     let (model, _) = fold(&events);
-    let (gated, gate) = Gated::new(ListingCardProjector);
-    let engine = Engine::builder(dir.path().join("db.redb"))
-        .options(EngineOptions {
-            queue_capacity: 100,
-            queue_events: 4,
-            when_full: WhenFull::Block,
-            ..options()
-        })
-        .projector(gated)
-        .projector(DistrictStatsProjector)
-        .open()?;
+    let (engine, gate) = open_gated(
+        &dir.path().join("db.redb"),
+        EngineOptions { queue_capacity: 100, queue_events: 4, when_full: WhenFull::Block, ..options() },
+    )?;
     let first = events.first().ok_or("an empty stream")?;
     let head = engine.dispatch(first.clone())?;
     gate.wait_entered()?;

@@ -7,38 +7,16 @@ use driftless::{
     TableId, View, ViewSource, Views,
 };
 use driftless_listings::{
-    leaderboard, projectors, DistrictStats, GenConfig, LeaderboardRow, ListingCard, ListingCardProjector,
-    ListingEvent, ListingModel, Outcome, DISTRICT_LEADERBOARD, DISTRICT_STATS, LISTING_CARD,
+    leaderboard, projectors, DistrictStats, DistrictStatsProjector, GenConfig, LeaderboardRow, ListingCard,
+    ListingCardProjector, ListingEvent, ListingModel, Outcome, DISTRICT_LEADERBOARD, DISTRICT_STATS,
+    LISTING_CARD,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The error type of every test and helper: anything, across threads.
-pub(crate) type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// Fails the enclosing function (which returns a [`TestResult`]) with a message.
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+).into());
-        }
-    };
-}
-
-/// Fails the enclosing function unless both sides are equal.
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr, $($msg:tt)+) => {
-        match (&$left, &$right) {
-            (left, right) => {
-                if left != right {
-                    return Err(format!("{}: {:?} != {:?}", format!($($msg)+), left, right).into());
-                }
-            }
-        }
-    };
-}
+pub(crate) use crate::TestResult;
 
 mod catch_up;
 mod concurrency;
@@ -93,6 +71,15 @@ fn open_listings(path: &Path, options: EngineOptions) -> TestResult<Engine<Listi
         builder = builder.projector_arc(Arc::from(p));
     }
     Ok(builder.open()?)
+}
+
+/// An engine with both sample projectors whose `listing_card` projector waits at a gate
+/// inside every commit until it is opened, so that a test can hold the writer still.
+fn open_gated(path: &Path, options: EngineOptions) -> TestResult<(Engine<ListingEvent>, Gate)> {
+    let (gated, gate) = Gated::new(ListingCardProjector);
+    let engine =
+        Engine::builder(path).options(options).projector(gated).projector(DistrictStatsProjector).open()?;
+    Ok((engine, gate))
 }
 
 /// Every row of a serving read model, in key order.

@@ -1,11 +1,11 @@
 //! Shutting down (or dropping) an engine with events still queued loses none of them.
 
 use super::{
-    ensure_applied_counts, ensure_matches_model, fold, open_listings, options, same_outcome, stream, Gated,
-    TestResult,
+    ensure_applied_counts, ensure_matches_model, fold, open_gated, open_listings, options, same_outcome,
+    stream, TestResult,
 };
 use driftless::{Engine, EngineOptions, Receipt};
-use driftless_listings::{DistrictStatsProjector, ListingCardProjector, ListingEvent, Outcome};
+use driftless_listings::{ListingEvent, Outcome};
 use std::path::Path;
 
 const EVENTS: usize = 1_200;
@@ -15,12 +15,8 @@ const EVENTS: usize = 1_200;
 fn stop_with_events_queued(path: &Path, stop: impl FnOnce(Engine<ListingEvent>) -> TestResult) -> TestResult {
     let events = stream(EVENTS, 120, 6, 61);
     let (model, outcomes) = fold(&events);
-    let (gated, gate) = Gated::new(ListingCardProjector);
-    let engine = Engine::builder(path)
-        .options(EngineOptions { queue_capacity: 2 * EVENTS, max_batch_events: 100, ..options() })
-        .projector(gated)
-        .projector(DistrictStatsProjector)
-        .open()?;
+    let (engine, gate) =
+        open_gated(path, EngineOptions { queue_capacity: 2 * EVENTS, max_batch_events: 100, ..options() })?;
     let mut receipts: Vec<(Receipt, &Outcome)> = Vec::with_capacity(events.len());
     let mut pending = events.iter().zip(&outcomes);
     let (first, expected) = pending.next().ok_or("an empty stream")?;

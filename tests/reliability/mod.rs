@@ -33,32 +33,7 @@ use driftless_storage::{ReadAnswer, StoreOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-/// The error type of every test and helper.
-pub(crate) type TestError = Box<dyn std::error::Error + Send + Sync>;
-/// The result type of every test and helper.
-pub(crate) type TestResult<T = ()> = Result<T, TestError>;
-
-/// Fails the enclosing function (which returns a [`TestResult`]) with a message.
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+).into());
-        }
-    };
-}
-
-/// Fails the enclosing function unless both sides are equal.
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr, $($msg:tt)+) => {
-        match (&$left, &$right) {
-            (left, right) => {
-                if left != right {
-                    return Err(format!("{}: {:?} != {:?}", format!($($msg)+), left, right).into());
-                }
-            }
-        }
-    };
-}
+pub(crate) use crate::TestResult;
 
 mod disk;
 mod io_errors;

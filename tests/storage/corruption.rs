@@ -1,8 +1,8 @@
 //! Damaged stored values: a flipped byte, a length prefix claiming gigabytes.
 
 use super::support::{
-    ensure, ensure_eq, fast_options, prepare, prepare_all, projectors, Faults, Op, TestError, TestResult,
-    COUNT, LOG, LOGS, SUM, SUMS,
+    fast_options, prepare, prepare_all, projectors, Faults, Op, TestError, TestResult, COUNT, LOG, LOGS, SUM,
+    SUMS,
 };
 use driftless_domain::{CodecError, Timestamp};
 use driftless_storage::{

@@ -1,6 +1,6 @@
 //! What a projected event costs on disk. Run with `--nocapture` to see the figures.
 
-use super::support::{ensure, ensure_eq, fast_options, prepare_all, projectors, Faults, Op, TestResult};
+use super::support::{fast_options, prepare_all, projectors, Faults, Op, TestResult};
 use driftless_domain::Timestamp;
 use driftless_storage::Store;
 

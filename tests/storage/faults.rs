@@ -7,8 +7,7 @@
 //! all, and after re-delivering the whole stream, every event applied exactly once.
 
 use super::support::{
-    ensure, ensure_eq, prepare_all, projectors, Faults, Op, Tables, TestError, TestResult, COUNT, HANDLERS,
-    LOG, SUM,
+    prepare_all, projectors, Faults, Op, Tables, TestError, TestResult, COUNT, HANDLERS, LOG, SUM,
 };
 use driftless_domain::{PreparedEvent, Timestamp};
 use driftless_storage::{

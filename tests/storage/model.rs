@@ -6,8 +6,8 @@
 //! journal head, the handler records and the reported outcomes must agree.
 
 use super::support::{
-    ensure, ensure_eq, fast_options, panic_reason, prepare, projectors, refusal, Faults, Op, Tables,
-    TestError, TestResult, COUNT, HANDLERS, LOG,
+    fast_options, panic_reason, prepare, projectors, refusal, Faults, Op, Tables, TestError, TestResult,
+    COUNT, HANDLERS, LOG,
 };
 use driftless_domain::{
     EventId, HandlerName, InMemoryOffsetStore, OffsetStore, PayloadHash, PreparedEvent, Timestamp,

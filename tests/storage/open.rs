@@ -1,9 +1,7 @@
 //! Opening files that are not driftless databases, a database in use, and what creation
 //! leaves on disk.
 
-use super::support::{
-    ensure, ensure_eq, fast_options, prepare_all, projectors, Faults, Op, TestError, TestResult,
-};
+use super::support::{fast_options, prepare_all, projectors, Faults, Op, TestError, TestResult};
 use driftless_domain::{codec, Timestamp};
 use driftless_storage::{OpenError, Store, StoreOptions};
 use redb::{ReadableDatabase, TableDefinition};

@@ -2,8 +2,8 @@
 //! switch, at the storage level.
 
 use super::support::{
-    ensure, ensure_eq, fast_options, prepare_all, projectors, Faults, Op, Sum, Tables, TestError, TestResult,
-    COUNT, HANDLERS, LOG, SUM, SUMS,
+    fast_options, prepare_all, projectors, Faults, Op, Sum, Tables, TestError, TestResult, COUNT, HANDLERS,
+    LOG, SUM, SUMS,
 };
 use driftless_domain::{codec, Projector, Timestamp};
 use driftless_storage::{EventOutcome, HandlerOutcome, KillSwitch, ReadAnswer, Registry, Store};

@@ -28,34 +28,6 @@ pub type TestError = Box<dyn std::error::Error>;
 /// The result type of every test.
 pub type TestResult = Result<(), TestError>;
 
-/// Returns an error (instead of panicking) when the two sides differ.
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr, $($ctx:tt)+) => {{
-        let (left, right) = (&$left, &$right);
-        if left != right {
-            return Err(format!(
-                "{}\n  left: {:?}\n right: {:?}",
-                format!($($ctx)+),
-                left,
-                right
-            )
-            .into());
-        }
-    }};
-}
-
-/// Returns an error (instead of panicking) when the condition does not hold.
-macro_rules! ensure {
-    ($cond:expr, $($ctx:tt)+) => {{
-        if !$cond {
-            return Err(format!($($ctx)+).into());
-        }
-    }};
-}
-
-pub(crate) use ensure;
-pub(crate) use ensure_eq;
-
 /// The test event.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Op {
