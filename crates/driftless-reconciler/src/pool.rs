@@ -151,8 +151,9 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// Checks every key of `keys` with `reconciler` on `config.workers` named threads.
 ///
 /// Keys go to the workers in chunks over a bounded channel; each chunk's outcomes come
-/// back together over another. A worker busy on one key for longer than `config.key_timeout` is *abandoned*: its key
-/// counts as a [`FailureKind::Timeout`], the thread is left to finish (or hang) on its own
+/// back together over another. A worker busy on one key for longer than
+/// `config.key_timeout` is *abandoned*: its key counts as a [`FailureKind::Timeout`], the
+/// thread is left to finish (or hang) on its own
 /// and exits without taking another key, the rest of its chunk goes back to the queue
 /// (the keys it finished keep their outcomes), and a replacement is started — at most
 /// `config.max_abandoned` replacements per run. When every worker is stuck and no

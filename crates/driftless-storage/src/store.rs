@@ -38,8 +38,8 @@ pub struct StoreOptions {
     /// refused with [`OpenError::Corrupted`] instead of being trusted.
     ///
     /// The check reads every page the file uses, at every open: on the development machine
-    /// about 0.5 ms per MiB of file with the file in the operating system's cache and 2 ms
-    /// per MiB from disk (a 514 MiB file of a million events: 0.3 s and 1.1 s). After an
+    /// 0.2 to 0.6 ms per MiB of file with the file in the operating system's cache and 1 to
+    /// 2 ms per MiB from disk (a 514 MiB file of a million events: 0.3 s and 1.1 s). After an
     /// unclean shutdown redb does this work anyway, to recover. Without the check, an open
     /// reads only the pages it needs, and damage is met by the reads and writes that touch
     /// it, which report it as an error; except damage to redb's record of freed pages, on

@@ -33,10 +33,10 @@ pub enum WhenFull {
 /// process far beyond what an embedded library should take.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
-/// The default bound on events waiting for the writer: 16 full batches of the default
-/// size. Single-event producers still get up to 1,024 queued messages; a producer of large
-/// batches waits (or is refused) once 16,384 events are queued, so the queue holds tens of
-/// MiB at most rather than a million events.
+/// The default bound on events waiting for the writer: about 16 full batches of the
+/// default size. Single-event producers still get up to 1,024 queued messages; a producer
+/// of large batches waits (or is refused) once 16,384 events are queued, where the message
+/// bound alone would let 1,024 batches of 1,000 events pile up.
 pub const DEFAULT_QUEUE_EVENTS: usize = 16_384;
 
 /// Settings of an engine.
