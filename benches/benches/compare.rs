@@ -76,7 +76,8 @@ fn ingest_row(stream: &[ListingEvent], batch: usize, runs: usize) -> Result<Row,
         b.push(timed(n, || sq.ingest(stream, batch))?);
         drop(sq);
         let engine = open_engine(&dir.path().join("d.redb"), batch)?;
-        d.push(timed(n, || driftless_ingest(&engine, stream, batch))?);
+        let owned = stream.to_vec();
+        d.push(timed(n, || driftless_ingest(&engine, owned, batch))?);
         engine.shutdown()?;
     }
     Ok(Row {
@@ -101,7 +102,8 @@ fn redelivery_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
     for _ in 0..runs {
         a.push(timed(n, || base.ingest(again, FILL_BATCH))?);
         b.push(timed(n, || sq.ingest(again, FILL_BATCH))?);
-        d.push(timed(n, || driftless_ingest(&engine, again, FILL_BATCH))?);
+        let owned = again.to_vec();
+        d.push(timed(n, || driftless_ingest(&engine, owned, FILL_BATCH))?);
     }
     engine.shutdown()?;
     Ok(Row {

@@ -76,7 +76,7 @@ fn main() -> Result<(), Error> {
             let engine = open(&path, true)?;
             let stream = workload(events, (events / 20).max(1), 7);
             for chunk in stream.chunks(10_000) {
-                driftless_ingest(&engine, chunk, 1000)?;
+                driftless_ingest(&engine, chunk.to_vec(), 1000)?;
             }
             engine.shutdown()?;
         }

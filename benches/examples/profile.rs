@@ -9,6 +9,8 @@
 //! Operations (each prints its rate for every round; `PROFILE_ROUNDS` sets the rounds,
 //! default 5):
 //! - `ingest`: 200,000 events over 10,000 listings, 1,000 per commit, into a new database;
+//! - `single`: one event per durable commit, baseline A and driftless alternately, 2,000
+//!   events each;
 //! - `redeliver`: the same stream ingested once, then every applied event delivered again;
 //! - `reads`: point reads of `listing_card`, raw redb get-and-decode against the read
 //!   repository, and the cost of checking one stored value's checksum;
@@ -23,7 +25,7 @@
 use driftless_benches::{
     applied_events, driftless_ingest, driftless_point_reads, filled_engine, filled_redb, listing_cards,
     lookup_keys, open_engine, peak_rss_bytes, producer_parts, rebuild_listing_card, reconcile_fixture,
-    reconcile_listing_card, redb_point_reads, run_producers, workload, Error, PRODUCERS,
+    reconcile_listing_card, redb_point_reads, run_producers, workload, Error, RedbBaseline, PRODUCERS,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,10 +47,31 @@ fn ingest() -> Result<(), Error> {
     for _ in 0..rounds() {
         let dir = tempfile::tempdir()?;
         let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
+        let owned = stream.clone();
         let t = Instant::now();
-        driftless_ingest(&engine, &stream, 1000)?;
+        driftless_ingest(&engine, owned, 1000)?;
         println!("ingest: {:.0} events/s", per_second(stream.len(), t));
         engine.shutdown()?;
+    }
+    Ok(())
+}
+
+fn single() -> Result<(), Error> {
+    let stream = workload(2_000, 100, 7);
+    for _ in 0..rounds() {
+        let dir = tempfile::tempdir()?;
+        let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
+        let t = Instant::now();
+        base.ingest(&stream, 1)?;
+        let a = per_second(stream.len(), t);
+        drop(base);
+        let engine = open_engine(&dir.path().join("d.redb"), 1)?;
+        let owned = stream.clone();
+        let t = Instant::now();
+        driftless_ingest(&engine, owned, 1)?;
+        let d = per_second(stream.len(), t);
+        engine.shutdown()?;
+        println!("one event per commit: A {a:.0}/s, driftless {d:.0}/s, ratio {:.2}", d / a);
     }
     Ok(())
 }
@@ -59,8 +82,9 @@ fn redeliver() -> Result<(), Error> {
     let engine = filled_engine(&dir.path().join("d.redb"), &stream)?;
     let applied = applied_events(&stream);
     for _ in 0..rounds() {
+        let owned = applied.clone();
         let t = Instant::now();
-        driftless_ingest(&engine, &applied, 1000)?;
+        driftless_ingest(&engine, owned, 1000)?;
         println!("re-delivery: {:.0} events/s", per_second(applied.len(), t));
     }
     engine.shutdown()?;
@@ -174,6 +198,7 @@ fn rss(events: usize, cache_mib: usize) -> Result<(), Error> {
 fn main() -> Result<(), Error> {
     match std::env::args().nth(1).as_deref() {
         Some("ingest") => ingest(),
+        Some("single") => single(),
         Some("redeliver") => redeliver(),
         Some("reads") => reads(),
         Some("rebuild") => rebuild(),
@@ -183,7 +208,7 @@ fn main() -> Result<(), Error> {
             rss(arg(2).unwrap_or(2_000_000), arg(3).unwrap_or(driftless::DEFAULT_CACHE_BYTES >> 20))
         }
         _ => {
-            Err("usage: profile ingest|redeliver|reads|rebuild|reconcile|producers|rss [EVENTS [CACHE_MIB]]"
+            Err("usage: profile ingest|single|redeliver|reads|rebuild|reconcile|producers|rss [EVENTS [CACHE_MIB]]"
                 .into())
         }
     }

@@ -27,6 +27,7 @@ mod outcomes;
 mod rebuild;
 mod shutdown;
 mod views;
+mod wait;
 
 /// How long a bounded wait loop polls before giving up.
 const DEADLINE: Duration = Duration::from_secs(20);

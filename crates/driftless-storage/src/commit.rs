@@ -578,7 +578,6 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         Ok(())
     }
 
-    /// Flushes and records handler progress and the journal head.
     /// Flushes and records handler progress and the journal head. Returns whether the
     /// transaction changed anything (a batch of duplicates does not, and need not be
     /// committed).

@@ -1,6 +1,6 @@
 //! The engine: builder, dispatch pipeline, writer thread, reads and operations.
 
-use crate::error::{BuildError, DispatchError, EngineError, NotCommitted};
+use crate::error::{BuildError, DispatchError, DispatchWaitError, EngineError, NotCommitted};
 use crate::room::EventRoom;
 use crate::view::{MaterializedView, ViewSource};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -11,8 +11,10 @@ use driftless_storage::{
     DeadLetter, Durability, EventOutcome, EventReport, KillSwitch, ReadAnswer, ReadModelKind, Registry,
     ReplayReport, Store, StoreOptions,
 };
+use parking_lot::Mutex;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -271,6 +273,9 @@ impl<E: Event> EngineBuilder<E> {
             room: EventRoom::new(self.options.queue_events),
             options: self.options,
             views: self.views,
+            commit_lock: Mutex::new(()),
+            unfinished: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
         });
         let (tx, rx) = bounded::<Msg<E>>(shared.options.queue_capacity);
         let writer_shared = Arc::clone(&shared);
@@ -311,6 +316,13 @@ struct Shared<E: Event> {
     /// Room for events in queued messages: taken by `send`, given back when the writer
     /// receives their message.
     room: EventRoom,
+    /// Held by whoever commits events: the writer thread, or a caller of
+    /// [`Engine::dispatch_and_wait`] that found nothing queued.
+    commit_lock: Mutex<()>,
+    /// Event messages sent to the writer and not yet committed (or failed).
+    unfinished: AtomicUsize,
+    /// Whether the writer has done its work at open (rebuilds, catch-up).
+    started: AtomicBool,
 }
 
 impl<E: Event> Shared<E> {
@@ -488,9 +500,16 @@ impl<E: Event> Engine<E> {
             let writer_alive = || self.writer.as_ref().is_some_and(|w| !w.is_finished());
             self.shared.room.take(n, block, writer_alive)?;
         }
+        let events = matches!(msg, Msg::Events { .. });
+        if events {
+            self.shared.unfinished.fetch_add(1, SeqCst);
+        }
         let sent = self.send_message(tx, msg);
         if sent.is_err() {
             self.shared.room.give_back(n);
+            if events {
+                self.shared.unfinished.fetch_sub(1, SeqCst);
+            }
         }
         sent
     }
@@ -518,6 +537,37 @@ impl<E: Event> Engine<E> {
         let (reply, rx) = bounded(1);
         self.send(Msg::Events { events: vec![prepared], reply })?;
         Ok(Receipt { rx })
+    }
+
+    /// Hands one event to the engine and waits until it is committed: the same as
+    /// `dispatch(event)?.wait()`, faster when the engine is idle.
+    ///
+    /// When nothing is queued and no commit is in progress, the calling thread commits the
+    /// event itself, sparing the two thread hand-offs of a dispatch and its receipt (tens of
+    /// microseconds each on a busy machine, a fifth of a durable commit). Otherwise the event
+    /// is queued behind the others and committed with them, exactly as a dispatch. The
+    /// order of events from one thread is kept either way.
+    ///
+    /// # Errors
+    /// [`DispatchWaitError::Dispatch`] as for [`Engine::dispatch`];
+    /// [`DispatchWaitError::NotCommitted`] as for [`Receipt::wait`].
+    pub fn dispatch_and_wait(&self, event: E) -> Result<EventReport, DispatchWaitError> {
+        let prepared = PreparedEvent::new(event).map_err(DispatchError::from)?;
+        self.sender()?;
+        let shared = &self.shared;
+        if shared.started.load(SeqCst) {
+            if let Some(_committing) = shared.commit_lock.try_lock() {
+                // Under the lock nothing is being committed; with nothing unfinished either,
+                // every event dispatched before this call is committed.
+                if shared.unfinished.load(SeqCst) == 0 {
+                    let mut reports = commit_events(shared, std::slice::from_ref(&prepared))?;
+                    return reports.pop().ok_or(DispatchWaitError::NotCommitted(NotCommitted::EngineStopped));
+                }
+            }
+        }
+        let (reply, rx) = bounded(1);
+        self.send(Msg::Events { events: vec![prepared], reply })?;
+        Ok(Receipt { rx }.wait()?)
     }
 
     /// Hands a batch of events to the engine, in order.
@@ -882,7 +932,11 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
-    startup(shared);
+    {
+        let _committing = shared.commit_lock.lock();
+        startup(shared);
+    }
+    shared.started.store(true, SeqCst);
     let mut carry: Option<Msg<E>> = None;
     loop {
         let msg = match carry.take() {
@@ -922,12 +976,16 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
                         None => break,
                     }
                 }
+                let messages = group.len();
+                let _committing = shared.commit_lock.lock();
                 commit_group(shared, group);
+                shared.unfinished.fetch_sub(messages, SeqCst);
             }
             Msg::Flush(reply) => {
                 let _ = reply.send(());
             }
             Msg::Command(cmd, reply) => {
+                let _committing = shared.commit_lock.lock();
                 let out = match catch_unwind(AssertUnwindSafe(|| run_command(shared, cmd))) {
                     Ok(r) => r,
                     Err(panic) => {
@@ -967,26 +1025,48 @@ fn startup<E: Event>(shared: &Shared<E>) {
 }
 
 fn commit_group<E: Event>(shared: &Shared<E>, group: Vec<(Vec<PreparedEvent<E>>, EventsReply)>) {
-    if let Some(p) = shared.store.poisoned() {
-        for (_, reply) in group {
-            let _ = reply.send(Err(NotCommitted::CommitFailed(p.first_failure.clone())));
-        }
-        return;
-    }
     let mut sizes = Vec::with_capacity(group.len());
     let mut replies = Vec::with_capacity(group.len());
-    let mut events = Vec::with_capacity(group.iter().map(|(e, _)| e.len()).sum());
+    let mut events = Vec::new();
     for (evs, reply) in group {
         sizes.push(evs.len());
         replies.push(reply);
-        events.extend(evs);
+        // A group of one message, the common case under load, is committed as it came.
+        if events.is_empty() {
+            events = evs;
+        } else {
+            events.extend(evs);
+        }
+    }
+    match commit_events(shared, &events) {
+        Ok(reports) => {
+            let mut reports = reports.into_iter();
+            for (size, reply) in sizes.into_iter().zip(replies) {
+                let part: Vec<EventReport> = reports.by_ref().take(size).collect();
+                let _ = reply.send(Ok(part));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Commits `events` in one transaction; the caller holds the commit lock.
+fn commit_events<E: Event>(
+    shared: &Shared<E>,
+    events: &[PreparedEvent<E>],
+) -> Result<Vec<EventReport>, NotCommitted> {
+    if let Some(p) = shared.store.poisoned() {
+        return Err(NotCommitted::CommitFailed(p.first_failure));
     }
     let started = Instant::now();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        shared.store.project(&shared.registry, &events, shared.clock.now())
-    }));
+    let result =
+        catch_unwind(AssertUnwindSafe(|| shared.store.project(&shared.registry, events, shared.clock.now())));
     let result = match result {
-        Ok(Ok(report)) => Ok(report),
+        Ok(Ok(report)) => Ok(report.events),
         Ok(Err(e)) => {
             shared.store.poison(e.to_string());
             Err(NotCommitted::CommitFailed(e.to_string()))
@@ -999,21 +1079,10 @@ fn commit_group<E: Event>(shared: &Shared<E>, group: Vec<(Vec<PreparedEvent<E>>,
     };
     metrics::histogram!("driftless_commit_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("driftless_batch_events").record(events.len() as f64);
-    match result {
-        Ok(report) => {
-            count_outcomes(&report.events);
-            let mut reports = report.events.into_iter();
-            for (size, reply) in sizes.into_iter().zip(replies) {
-                let part: Vec<EventReport> = reports.by_ref().take(size).collect();
-                let _ = reply.send(Ok(part));
-            }
-        }
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+    if let Ok(reports) = &result {
+        count_outcomes(reports);
     }
+    result
 }
 
 fn count_outcomes(reports: &[EventReport]) {

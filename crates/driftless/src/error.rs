@@ -60,6 +60,19 @@ pub enum DispatchError {
     Encode(#[from] driftless_domain::CodecError),
 }
 
+/// Why [`crate::Engine::dispatch_and_wait`] returned no report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatchWaitError {
+    /// The event was not accepted; nothing of it is stored.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    /// The event was accepted but its commit is not known to have happened; delivering it
+    /// again is safe.
+    #[error(transparent)]
+    NotCommitted(#[from] NotCommitted),
+}
+
 /// Why an accepted event's commit is not known to have happened.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]

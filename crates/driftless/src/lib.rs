@@ -6,8 +6,10 @@
 //!
 //! - [`Engine::dispatch`] queues an event (a queue bounded in messages and in events:
 //!   backpressure, not unbounded memory) and returns a [`Receipt`] to wait on for read-your-writes.
+//!   [`Engine::dispatch_and_wait`] dispatches and waits in one call, committing on the
+//!   calling thread when nothing else is queued.
 //! - One writer thread groups queued events into batches and commits each batch, offsets
-//!   and read-model writes together, in ONE redb write transaction.
+//!   and read-model writes together, in ONE redb write transaction; one commit at a time.
 //! - A re-delivered event is a duplicate; the same id with another payload is a conflict; a
 //!   projector that fails or panics leaves nothing behind and the event becomes a dead
 //!   letter, while the rest of the batch commits.
@@ -109,7 +111,7 @@ pub use engine::{
     BatchReceipt, Engine, EngineBuilder, EngineOptions, Freshness, Receipt, WhenFull, DEFAULT_CACHE_BYTES,
     DEFAULT_QUEUE_EVENTS,
 };
-pub use error::{BuildError, DispatchError, EngineError, NotCommitted};
+pub use error::{BuildError, DispatchError, DispatchWaitError, EngineError, NotCommitted};
 pub use view::{MaterializedView, View, ViewSource};
 
 pub use driftless_domain::{
