@@ -89,23 +89,37 @@ fn ingest_row(stream: &[ListingEvent], batch: usize, runs: usize) -> Result<Row,
     })
 }
 
+/// The three databases filled with the whole stream, shared by the re-delivery, read,
+/// disk and rebuild figures (filling them once saves about half a minute).
+struct Filled {
+    dir: tempfile::TempDir,
+    base: RedbBaseline,
+    sq: SqliteBaseline,
+    engine: driftless::Engine<ListingEvent>,
+}
+
+impl Filled {
+    fn new(stream: &[ListingEvent]) -> Result<Self, Error> {
+        let dir = tempfile::tempdir()?;
+        let base = filled_redb(&dir.path().join("a.redb"), stream)?;
+        let sq = filled_sqlite(&dir.path().join("b.sqlite"), stream)?;
+        let engine = filled_engine(&dir.path().join("d.redb"), stream)?;
+        Ok(Self { dir, base, sq, engine })
+    }
+}
+
 /// Re-delivers every event that was applied (see [`applied_events`]).
-fn redelivery_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
+fn redelivery_row(filled: &mut Filled, stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
     let applied = applied_events(stream);
     let again = applied.as_slice();
     let n = again.len();
     let (mut a, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
-    let dir = tempfile::tempdir()?;
-    let base = filled_redb(&dir.path().join("a.redb"), stream)?;
-    let mut sq = filled_sqlite(&dir.path().join("b.sqlite"), stream)?;
-    let engine = filled_engine(&dir.path().join("d.redb"), stream)?;
     for _ in 0..runs {
-        a.push(timed(n, || base.ingest(again, FILL_BATCH))?);
-        b.push(timed(n, || sq.ingest(again, FILL_BATCH))?);
+        a.push(timed(n, || filled.base.ingest(again, FILL_BATCH))?);
+        b.push(timed(n, || filled.sq.ingest(again, FILL_BATCH))?);
         let owned = again.to_vec();
-        d.push(timed(n, || driftless_ingest(&engine, owned, FILL_BATCH))?);
+        d.push(timed(n, || driftless_ingest(&filled.engine, owned, FILL_BATCH))?);
     }
-    engine.shutdown()?;
     Ok(Row {
         case: format!("re-delivery of every applied event ({n} events)"),
         a: Some(median(a)),
@@ -115,22 +129,18 @@ fn redelivery_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
     })
 }
 
-fn reads_row(stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
-    let dir = tempfile::tempdir()?;
-    let base = filled_redb(&dir.path().join("a.redb"), stream)?;
-    let engine = filled_engine(&dir.path().join("d.redb"), stream)?;
+fn reads_row(filled: &Filled, stream: &[ListingEvent], runs: usize) -> Result<Row, Error> {
     let lookups = lookup_keys(stream, 200_000);
     let (mut a, mut d) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let reader = base.reader()?;
+        let reader = filled.base.reader()?;
         a.push(timed(lookups.len(), || {
             redb_point_reads(&reader, &lookups);
             Ok(())
         })?);
-        let repo = listing_cards(&engine)?;
+        let repo = listing_cards(&filled.engine)?;
         d.push(timed(lookups.len(), || driftless_point_reads(&repo, &lookups))?);
     }
-    engine.shutdown()?;
     Ok(Row {
         case: format!("point reads of listing_card ({} reads)", lookups.len()),
         a: Some(median(a)),
@@ -156,14 +166,11 @@ fn concurrent(stream: &[ListingEvent], window: usize) -> Result<(f64, f64, f64),
     Ok(out)
 }
 
-fn rebuild_rate(stream: &[ListingEvent], runs: usize) -> Result<f64, Error> {
-    let dir = tempfile::tempdir()?;
-    let engine = filled_engine(&dir.path().join("d.redb"), stream)?;
+fn rebuild_rate(engine: &driftless::Engine<ListingEvent>, events: usize, runs: usize) -> Result<f64, Error> {
     let mut v = Vec::new();
     for _ in 0..runs {
-        v.push(timed(stream.len(), || rebuild_listing_card(&engine))?);
+        v.push(timed(events, || rebuild_listing_card(engine))?);
     }
-    engine.shutdown()?;
     Ok(median(v))
 }
 
@@ -184,33 +191,32 @@ fn reconcile_rate(listings: usize, n_events: usize, runs: usize) -> Result<(f64,
     Ok((median(rates), keys))
 }
 
-fn disk_figures(stream: &[ListingEvent]) -> Result<(), Error> {
-    let dir = tempfile::tempdir()?;
+/// The disk figures of the freshly filled databases, as lines to print.
+fn disk_figures(filled: &Filled, events: usize) -> Result<Vec<String>, Error> {
+    let dir = filled.dir.path();
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    drop(filled_redb(&dir.path().join("a.redb"), stream)?);
-    drop(filled_sqlite(&dir.path().join("b.sqlite"), stream)?);
-    let engine = filled_engine(&dir.path().join("d.redb"), stream)?;
-    let figures = engine.store().table_figures()?;
-    engine.shutdown()?;
-    let n = stream.len() as f64;
-    println!("\ndisk bytes per applied event ({} events)", stream.len());
-    println!(
-        "  whole file: A redb {:.0}, B sqlite {:.0} (+wal), driftless {:.0}",
-        size(&dir.path().join("a.redb")) as f64 / n,
-        (size(&dir.path().join("b.sqlite")) + size(&dir.path().join("b.sqlite-wal"))) as f64 / n,
-        size(&dir.path().join("d.redb")) as f64 / n
-    );
-    println!("  {:<40} {:>10} {:>14} {:>14}", "driftless table", "rows", "stored B/event", "meta B/event");
+    let figures = filled.engine.store().table_figures()?;
+    let n = events as f64;
+    let mut out = vec![
+        format!("\ndisk bytes per applied event ({events} events)"),
+        format!(
+            "  whole file: A redb {:.0}, B sqlite {:.0} (+wal), driftless {:.0}",
+            size(&dir.join("a.redb")) as f64 / n,
+            (size(&dir.join("b.sqlite")) + size(&dir.join("b.sqlite-wal"))) as f64 / n,
+            size(&dir.join("d.redb")) as f64 / n
+        ),
+        format!("  {:<40} {:>10} {:>14} {:>14}", "driftless table", "rows", "stored B/event", "meta B/event"),
+    ];
     for f in figures {
-        println!(
+        out.push(format!(
             "  {:<40} {:>10} {:>14.1} {:>14.1}",
             f.table,
             f.entries,
             f.stored_bytes as f64 / n,
             f.metadata_bytes as f64 / n
-        );
+        ));
     }
-    Ok(())
+    Ok(out)
 }
 
 fn rss_child(events: usize) -> Result<(), Error> {
@@ -247,8 +253,10 @@ fn main() -> Result<(), Error> {
     for batch in [100usize, 1_000, 10_000] {
         rows.push(ingest_row(&stream, batch, runs)?);
     }
-    rows.push(redelivery_row(&stream, runs)?);
-    rows.push(reads_row(&stream, runs)?);
+    let mut filled = Filled::new(&stream)?;
+    let disk = disk_figures(&filled, stream.len())?;
+    rows.push(redelivery_row(&mut filled, &stream, runs)?);
+    rows.push(reads_row(&filled, &stream, runs)?);
     print_rows(&rows);
 
     println!("\ndriftless only");
@@ -259,11 +267,17 @@ fn main() -> Result<(), Error> {
             "  8 producers, {window:>3} receipts in flight each: {rate:>10.0} events/s, dispatch-to-commit p50 {p50:.2} ms, p99 {p99:.2} ms"
         );
     }
-    println!("  rebuild of listing_card from the journal: {:>10.0} events/s", rebuild_rate(&stream, runs)?);
+    println!(
+        "  rebuild of listing_card from the journal: {:>10.0} events/s",
+        rebuild_rate(&filled.engine, stream.len(), runs)?
+    );
+    filled.engine.shutdown()?;
     let reconcile_listings = env("DRIFTLESS_BENCH_RECONCILE_LISTINGS", 100_000);
     let (rate, keys) = reconcile_rate(reconcile_listings, reconcile_listings * 4, runs)?;
     println!("  full refold reconciliation of listing_card: {rate:>10.0} keys/s ({keys} keys)");
-    disk_figures(&stream)?;
+    for line in disk {
+        println!("{line}");
+    }
     if rss_events > 0 {
         let exe = std::env::current_exe()?;
         let out = std::process::Command::new(exe).args(["--rss-child", &rss_events.to_string()]).output()?;

@@ -248,7 +248,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             index_overlay: BTreeMap::new(),
             ids_overlay: BTreeMap::new(),
             dead_overlay: BTreeMap::new(),
-            dead_filter: None,
+            // The filter of the previous batch, when there was one: a superset of the
+            // stored dead letters, since only a batch adds them and this one adds to it.
+            dead_filter: store.dead_filter.lock().take().map(Some),
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
         })
@@ -470,8 +472,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         Ok(())
     }
 
-    /// Hashes of every stored dead letter's key, so that applying an event rarely needs a
-    /// lookup to learn it has no dead letter to clear. `None` when there are too many.
+    /// Hashes of every dead letter's key, stored or recorded by this batch, so that applying
+    /// an event rarely needs a lookup to learn it has no dead letter to clear. `None` when
+    /// there are too many. Dead letters recorded later are added as they are recorded.
     fn build_dead_filter(&self) -> Result<Option<HashSet<u64>>, CommitError> {
         let total: u64 = self.records.iter().map(|r| r.dead_letters).sum();
         if total > DEAD_FILTER_MAX {
@@ -482,6 +485,13 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             let (k, _) = item.map_err(|e| self.store.fail(e))?;
             let (h, i) = k.value();
             filter.insert(dead_key_hash(h, i));
+        }
+        // Dead letters of this batch not yet flushed: once flushed they are in the table,
+        // and the filter must hold them as it holds those stored before.
+        for ((h, i), letter) in &self.dead_overlay {
+            if letter.is_some() {
+                filter.insert(dead_key_hash(h, i));
+            }
         }
         Ok(Some(filter))
     }
@@ -523,6 +533,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 }
             }
         };
+        if let Some(Some(filter)) = self.dead_filter.as_mut() {
+            filter.insert(dead_key_hash(&name, ev.id.as_str()));
+        }
         self.dead_overlay.insert((name, ev.id.to_string()), Some(letter));
         Ok(())
     }
@@ -612,6 +625,25 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             self.wrote = true;
         }
         Ok(self.wrote)
+    }
+}
+
+impl<E> Drop for Batch<'_, '_, E> {
+    /// Hands the dead-letter filter of a batch of new deliveries on to the next batch. It
+    /// stays a superset of the stored dead letters whether or not this batch commits:
+    /// removals leave their hashes behind (a false positive costs one lookup), and such a
+    /// batch opens its transaction itself, so a filter it built saw no removal that an abort
+    /// could undo. Catch-up and rebuild batches, which remove dead letters earlier in their
+    /// transaction, drop theirs; the next batch builds a new one when it needs it.
+    fn drop(&mut self) {
+        if self.mode != Mode::Live {
+            return;
+        }
+        if let Some(Some(filter)) = self.dead_filter.take() {
+            if filter.len() as u64 <= DEAD_FILTER_MAX {
+                *self.store.dead_filter.lock() = Some(filter);
+            }
+        }
     }
 }
 

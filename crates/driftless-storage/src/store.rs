@@ -68,6 +68,9 @@ pub struct Store {
     pub(crate) path: PathBuf,
     pub(crate) options: StoreOptions,
     poison: Mutex<Option<String>>,
+    /// Hashes of at least every stored dead letter's key, kept from one commit to the
+    /// next so that a commit does not scan the dead letters again (see `commit.rs`).
+    pub(crate) dead_filter: Mutex<Option<std::collections::HashSet<u64>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -182,7 +185,7 @@ impl Store {
 
     fn finish_open(db: DbHandle, path: PathBuf, options: StoreOptions) -> Result<Self, OpenError> {
         guarded(&path, || check_format(&db, &path))?;
-        Ok(Self { db, path, options, poison: Mutex::new(None) })
+        Ok(Self { db, path, options, poison: Mutex::new(None), dead_filter: Mutex::new(None) })
     }
 
     /// The database file's path.
