@@ -1,5 +1,6 @@
 //! `Engine::dispatch_and_wait`: committed on the calling thread when the engine is idle,
-//! queued behind the events in progress otherwise, with the outcomes of a dispatch.
+//! queued behind the events in progress otherwise, with the outcomes of a dispatch; and the
+//! idle writer's filing of the journal by aggregate.
 
 use super::{ensure_matches_model, fold, open_gated, options, same_outcome, stream, TestResult};
 use driftless::{
@@ -116,6 +117,32 @@ fn a_stream_applied_one_event_at_a_time_matches_the_fold() -> TestResult {
         );
     }
     ensure_matches_model(&engine, &model)?;
+    engine.shutdown()?;
+    Ok(())
+}
+
+#[test]
+fn an_idle_writer_files_the_journal_by_aggregate() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let events = stream(5_000, 50, 5, 29);
+    let engine = super::open_listings(&dir.path().join("db.redb"), options())?;
+    let store = std::sync::Arc::clone(engine.store());
+    // An aggregate with events on both sides of the first 4,000.
+    let listing = events.last().map(|e| e.aggregate_id.clone()).ok_or("an empty stream")?;
+    let before: Vec<_> = {
+        let _ = engine.dispatch_batch(events.iter().take(4_000).cloned())?.wait()?;
+        // Fewer than the idle writer files: left for later.
+        engine.flush()?;
+        let unfiled = store.unfiled_journal_entries()?;
+        ensure!(unfiled > 3_000 && unfiled < 4_096, "{unfiled} unfiled entries after 4,000 events");
+        store.journal_for_aggregate(&listing)?.into_iter().map(|e| e.position).collect()
+    };
+    let _ = engine.dispatch_batch(events.iter().skip(4_000).cloned())?.wait()?;
+    super::wait_until("the idle writer filed the tail", || Ok(store.unfiled_journal_entries()? == 0))?;
+    let after: Vec<_> = store.journal_for_aggregate(&listing)?.into_iter().map(|e| e.position).collect();
+    ensure!(after.len() > before.len(), "{listing} has no entries among the last 1,000 events");
+    ensure_eq!(after.get(..before.len()), Some(before.as_slice()), "entries of the listing filed before");
+    ensure!(after.windows(2).all(|w| w.first() < w.get(1)), "entries of {listing} out of journal order");
     engine.shutdown()?;
     Ok(())
 }

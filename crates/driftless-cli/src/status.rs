@@ -142,6 +142,11 @@ pub fn describe() {
         "Wall time of one commit."
     );
     metrics::describe_histogram!("driftless_batch_events", "Events in one commit.");
+    metrics::describe_histogram!(
+        "driftless_filing_seconds",
+        metrics::Unit::Seconds,
+        "Wall time of one filing of the journal by aggregate while the writer is idle."
+    );
     metrics::describe_counter!(
         "driftless_cli_malformed_lines_total",
         "Malformed lines read by this process."

@@ -616,7 +616,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 let filed: u64 =
                     decode_opt(self.meta.get(META_AGGREGATES_INDEXED).map_err(|e| store.fail(e))?)?
                         .unwrap_or(0);
-                if self.head.saturating_sub(filed) >= AGGREGATE_FILING_BULK {
+                if self.head.saturating_sub(filed) >= AGGREGATE_FILING_MAX {
                     file_aggregates(store, journal, by_aggregate, filed, self.head)?;
                     let bytes = codec::encode(&self.head)?;
                     self.meta.insert(META_AGGREGATES_INDEXED, bytes.as_slice()).map_err(|e| store.fail(e))?;
@@ -686,13 +686,16 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     format!("the projector panicked: {msg}")
 }
 
-/// How many journal entries accumulate before they are filed in `journal_by_aggregate`.
+/// The most journal entries left unfiled in `journal_by_aggregate`: a commit that reaches
+/// it files them all, inside the commit.
 ///
-/// Filing in bulk keeps the per-aggregate index off the per-event write path: a few
-/// thousand sorted inserts touch each of its pages about once, where one insert per event
-/// would dirty a random page per event. Entries not yet filed are found by scanning the
-/// journal's tail.
-pub(crate) const AGGREGATE_FILING_BULK: u64 = 16_384;
+/// Filing in bulk keeps the per-aggregate index off the per-event write path: thousands of
+/// sorted inserts touch each of its pages about once, where one insert per event would
+/// dirty a random page per event. The engine files whenever its writer is idle
+/// ([`Store::file_aggregates`]), so this bound is reached only under load without a pause;
+/// there a filing inside a commit delays that commit by tens of milliseconds, so it is
+/// rare. Entries not yet filed are found by scanning the journal's tail.
+pub const AGGREGATE_FILING_MAX: u64 = 131_072;
 
 /// The leading fields of a stored [`JournalEntry`].
 #[derive(serde::Deserialize)]
@@ -1032,8 +1035,9 @@ impl Store {
         })
     }
 
-    /// Files every journal entry not yet in the per-aggregate index (entries are otherwise
-    /// filed in bulk, every few thousand). Returns the position filed up to.
+    /// Files every journal entry not yet in the per-aggregate index, in its own write
+    /// transaction (a commit files them too once [`AGGREGATE_FILING_MAX`] have
+    /// accumulated). Returns the position filed up to.
     ///
     /// # Errors
     /// As [`Store::project`].

@@ -55,7 +55,9 @@ mod registry;
 mod schema;
 mod store;
 
-pub use commit::{BatchReport, EventOutcome, EventReport, HandlerOutcome, ReplayReport};
+pub use commit::{
+    BatchReport, EventOutcome, EventReport, HandlerOutcome, ReplayReport, AGGREGATE_FILING_MAX,
+};
 pub use error::{CommitError, OpenError, Poisoned, ReadError, RegisterError, StorageFailure};
 pub use read::{RawRow, ReadAnswer, ReadRepository, TableFigures, ValueScan};
 pub use registry::{RegisteredHandler, Registry};

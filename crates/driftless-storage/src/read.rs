@@ -332,6 +332,21 @@ impl Store {
         })
     }
 
+    /// How many journal entries are not yet filed in the per-aggregate index (see
+    /// [`Store::file_aggregates`]).
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails.
+    pub fn unfiled_journal_entries(&self) -> Result<u64, ReadError> {
+        contain_read("unfiled_journal_entries", || {
+            let txn = self.db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let head: u64 = get_meta_value(&meta, META_HEAD)?.unwrap_or(0);
+            let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
+            Ok(head.saturating_sub(filed))
+        })
+    }
+
     /// The distinct aggregate ids in the journal, in byte order, up to `limit`.
     ///
     /// # Errors

@@ -14,7 +14,7 @@ use driftless_storage::{
 use parking_lot::Mutex;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -276,6 +276,7 @@ impl<E: Event> EngineBuilder<E> {
             commit_lock: Mutex::new(()),
             unfinished: AtomicUsize::new(0),
             started: AtomicBool::new(false),
+            unfiled: AtomicU64::new(0),
         });
         let (tx, rx) = bounded::<Msg<E>>(shared.options.queue_capacity);
         let writer_shared = Arc::clone(&shared);
@@ -323,6 +324,10 @@ struct Shared<E: Event> {
     unfinished: AtomicUsize,
     /// Whether the writer has done its work at open (rebuilds, catch-up).
     started: AtomicBool,
+    /// Journal entries this engine's commits added since its writer last filed (a tail left
+    /// by an earlier process is filed with them, or by a commit at the bound): an idle
+    /// writer reads the store only when this says there is filing to do.
+    unfiled: AtomicU64,
 }
 
 impl<E: Event> Shared<E> {
@@ -941,12 +946,12 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
     loop {
         let msg = match carry.take() {
             Some(m) => m,
-            None => match rx.recv() {
-                Ok(m) => {
+            None => match next_message(shared, rx) {
+                Some(m) => {
                     shared.taken(&m);
                     m
                 }
-                Err(_) => break,
+                None => break,
             },
         };
         match msg {
@@ -997,6 +1002,65 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
                 let _ = reply.send(out);
             }
         }
+    }
+}
+
+/// The next message for the writer; `None` once every sender is gone and the queue is
+/// empty. While the queue is empty the writer does its idle work.
+fn next_message<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) -> Option<Msg<E>> {
+    loop {
+        match rx.try_recv() {
+            Ok(m) => return Some(m),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        file_when_idle(shared);
+        match rx.recv_timeout(IDLE_CHECK) {
+            Ok(m) => return Some(m),
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+/// How often an idle writer looks for idle work (callers of `dispatch_and_wait` commit
+/// without waking it).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The fewest unfiled journal entries an idle writer files (fewer are left for later: a
+/// filing rewrites pages of the per-aggregate index, and the tail is cheap to scan).
+const IDLE_FILING_MIN: u64 = 4_096;
+
+/// Files the journal's tail in the per-aggregate index when nothing else is waiting, so
+/// that commits under load rarely have to (see [`driftless_storage::AGGREGATE_FILING_MAX`]).
+fn file_when_idle<E: Event>(shared: &Shared<E>) {
+    if !shared.options.journal || shared.store.poisoned().is_some() {
+        return;
+    }
+    if shared.unfiled.load(SeqCst) < IDLE_FILING_MIN {
+        return;
+    }
+    // A caller of `dispatch_and_wait` committing now goes first; the filing waits.
+    let Some(_committing) = shared.commit_lock.try_lock() else { return };
+    // A commit may have filed the tail since (see `AGGREGATE_FILING_MAX`).
+    match shared.store.unfiled_journal_entries() {
+        Ok(n) if n >= IDLE_FILING_MIN => {}
+        Ok(n) => {
+            shared.unfiled.store(n, SeqCst);
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the journal's filing state failed");
+            return;
+        }
+    }
+    let started = Instant::now();
+    match shared.store.file_aggregates() {
+        Ok(_) => {
+            shared.unfiled.store(0, SeqCst);
+            metrics::histogram!("driftless_filing_seconds").record(started.elapsed().as_secs_f64());
+        }
+        Err(e) => tracing::error!(error = %e, "filing the journal by aggregate failed"),
     }
 }
 
@@ -1081,6 +1145,8 @@ fn commit_events<E: Event>(
     metrics::histogram!("driftless_batch_events").record(events.len() as f64);
     if let Ok(reports) = &result {
         count_outcomes(reports);
+        let journaled = reports.iter().filter(|r| r.position.is_some()).count();
+        shared.unfiled.fetch_add(u64::try_from(journaled).unwrap_or(u64::MAX), SeqCst);
     }
     result
 }
