@@ -335,3 +335,53 @@ fn a_kill_switch_without_pause_keeps_projecting_and_pausing_needs_the_journal() 
     );
     Ok(())
 }
+
+#[test]
+fn a_rebuild_applies_an_event_journaled_twice_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let faults = Faults::default();
+    let store = Store::open(dir.path().join("twice.redb"), fast_options())?;
+    let registry = store.register(projectors(&faults)?, &[])?;
+    let sum = index(&registry, SUM)?;
+    let x = Op::new("x", "k0", 1_000, 7).failing(&HANDLERS);
+    let y = Op::new("y", "k0", 1_001, 5);
+    // Every handler fails on x: it is journaled, and nobody applies it.
+    store.project(&registry, &prepare_all(&[x.clone(), y])?, Timestamp(10))?;
+    ensure!(store.offset("x", SUM)?.is_none(), "sum applied x while failing");
+    // Healed, the re-delivery is journaled again and applied by every handler.
+    faults.set_healed(true);
+    let report = store.project(&registry, &prepare_all(std::slice::from_ref(&x))?, Timestamp(20))?;
+    let positions: Vec<_> = report.events.iter().map(|e| e.position).collect();
+    ensure_eq!(positions, vec![Some(3)], "the re-delivery's journal position");
+    let healed = Tables::read(&store)?;
+    ensure_eq!(healed.sums.get("k0"), Some(&12), "sum of k0 before the rebuild");
+
+    // The rebuild meets x twice: it applies the first entry and skips the second.
+    for round in 0..2 {
+        let r = store.rebuild(&registry, sum, Timestamp(30 + round), &mut |_, _| {})?;
+        ensure_eq!((r.replayed, r.applied, r.dead_lettered), (3, 2, 0), "rebuild {round} of sum, healed");
+        ensure_eq!(Tables::read(&store)?, healed, "tables after rebuild {round} of sum, healed");
+        ensure!(store.offset("x", SUM)?.is_some(), "sum lost x in rebuild {round}");
+        ensure!(store.dead_letters(Some(SUM))?.is_empty(), "dead letters of sum after rebuild {round}");
+    }
+
+    // Failing again, the rebuild dead-letters x at both entries and keeps the others' marks.
+    faults.set_healed(false);
+    let r = store.rebuild(&registry, sum, Timestamp(40), &mut |_, _| {})?;
+    ensure_eq!((r.replayed, r.applied, r.dead_lettered), (3, 1, 2), "rebuild of sum, failing");
+    let mut want = healed.clone();
+    want.sums.insert("k0".into(), 5);
+    ensure_eq!(Tables::read(&store)?, want, "tables after the rebuild of sum, failing");
+    ensure!(store.offset("x", SUM)?.is_none(), "sum kept x though it failed");
+    ensure!(store.offset("x", COUNT)?.is_some(), "the rebuild of sum touched count's mark");
+    let letters: Vec<_> =
+        store.dead_letters(Some(SUM))?.into_iter().map(|d| (d.event_id, d.position)).collect();
+    ensure_eq!(letters, vec![("x".to_string(), 3)], "dead letters of sum");
+
+    // Healed again: x is applied once more, at its first entry.
+    faults.set_healed(true);
+    let r = store.rebuild(&registry, sum, Timestamp(50), &mut |_, _| {})?;
+    ensure_eq!((r.replayed, r.applied, r.dead_lettered), (3, 2, 0), "rebuild of sum, healed again");
+    ensure_eq!(Tables::read(&store)?, healed, "tables after the last rebuild");
+    Ok(())
+}

@@ -149,6 +149,8 @@ struct Batch<'t, 'r, E> {
     ids_overlay: BTreeMap<String, u64>,
     dead_overlay: BTreeMap<(String, String), Option<DeadLetter>>,
     dead_filter: Option<Option<HashSet<u64>>>,
+    /// The slot of the handler a rebuild replays the journal for (see [`Batch::process`]).
+    rebuilding: Option<u32>,
     ws: WriteSet,
     scratch: Vec<u8>,
 }
@@ -251,6 +253,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             // The filter of the previous batch, when there was one: a superset of the
             // stored dead letters, since only a batch adds them and this one adds to it.
             dead_filter: store.dead_filter.lock().take().map(Some),
+            rebuilding: None,
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
         })
@@ -296,6 +299,20 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     fn process(&mut self, ev: &PreparedEvent<E>, known_position: u64) -> Result<EventReport, CommitError> {
         let id = ev.id.as_str();
         let (key, mut row, needs_id_entry) = self.locate(id, ev.event.occurred_at().0)?;
+        // A rebuild starts the handler afresh without first clearing its bit in every index
+        // row (a rewrite of every row): its bit from before the rebuild is cleared here, at
+        // the id's first journal entry, which is never after the position of the delivery
+        // first applied. A bit set by the rebuild itself is after that position, since the
+        // rebuild moves the position back to where it applied (below).
+        if let (Some(slot), Some(r)) = (self.rebuilding, row.as_mut()) {
+            if r.has(slot) && (r.position == 0 || known_position <= r.position) {
+                r.clear(slot);
+                if r.is_empty() {
+                    row = None;
+                }
+                self.index_overlay.insert(key.clone(), row.clone());
+            }
+        }
         let was_new = row.is_none();
         if let Some(r) = &row {
             if !r.is_empty() && r.hash != ev.hash.0 {
@@ -384,6 +401,8 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                         r.applied_at = self.now.0;
                         r.hash = ev.hash.0;
                         r.late.clear();
+                    } else if self.rebuilding == Some(h.slot) && (r.position == 0 || pos < r.position) {
+                        r.position = pos;
                     }
                     r.set(h.slot, self.now.0);
                     changed = true;
@@ -903,42 +922,9 @@ impl Store {
             let head = self.journal_head()?;
             let txn = self.begin_write()?;
             let f = |e: redb::TableError| self.fail(e);
-            // Reset the handler: its offsets, dead letters and progress.
+            // Reset the handler: its dead letters and progress. Its bits in the index rows
+            // are cleared as the replay meets them (see `Batch::process`).
             {
-                let mut index = txn.open_table(EVENT_INDEX).map_err(f)?;
-                let mut after: Option<Vec<u8>> = None;
-                loop {
-                    let mut chunk: Vec<(Vec<u8>, IndexRow)> = Vec::new();
-                    {
-                        let range = match &after {
-                            Some(a) => index.range::<&[u8]>((
-                                std::ops::Bound::Excluded(a.as_slice()),
-                                std::ops::Bound::Unbounded,
-                            )),
-                            None => index.range::<&[u8]>(..),
-                        }
-                        .map_err(|e| self.fail(e))?;
-                        for item in range.take(REPLAY_CHUNK) {
-                            let (k, v) = item.map_err(|e| self.fail(e))?;
-                            let row: IndexRow = codec::decode(v.value())?;
-                            chunk.push((k.value().to_vec(), row));
-                        }
-                    }
-                    let Some((last, _)) = chunk.last() else { break };
-                    after = Some(last.clone());
-                    for (k, mut row) in chunk {
-                        if row.has(h.slot) {
-                            row.clear(h.slot);
-                            if row.is_empty() {
-                                index.remove(k.as_slice()).map_err(|e| self.fail(e))?;
-                            } else {
-                                index
-                                    .insert(k.as_slice(), codec::encode(&row)?.as_slice())
-                                    .map_err(|e| self.fail(e))?;
-                            }
-                        }
-                    }
-                }
                 let mut dead = txn.open_table(DEAD_LETTERS).map_err(f)?;
                 let mut mine = Vec::new();
                 for item in dead.range::<(&str, &str)>((name, "")..).map_err(|e| self.fail(e))? {
@@ -971,6 +957,7 @@ impl Store {
             let mut report = ReplayReport::default();
             {
                 let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Replay, now, true)?;
+                batch.rebuilding = Some(h.slot);
                 let mut next = 1u64;
                 while next <= head {
                     let mut last = next;
