@@ -296,16 +296,22 @@ pub fn ingest_in_slices(
 ) -> Result<(), Error> {
     let slice = slice.max(1);
     let (mut done, mut seed) = (0usize, 1u64);
+    // Each slice is generated from the same start time; shifted, the times keep increasing
+    // from one slice to the next, as a stream's do.
+    let mut shift = 0u64;
     while done < events {
         let n = slice.min(events - done);
         let part: Vec<ListingEvent> = workload(n, (n / 20).max(1), seed)
             .into_iter()
             .map(|mut e| {
+                e.occurred_at += shift;
                 e.aggregate_id = format!("s{seed}-{}", e.aggregate_id);
                 e.event_id = format!("{}:{}:{}", e.aggregate_id, e.occurred_at, e.kind.name());
                 e
             })
             .collect();
+        let last = part.iter().map(|e| e.occurred_at).max().unwrap_or(0);
+        shift = last.saturating_sub(driftless_listings::GENERATED_START_MILLIS) + 1;
         driftless_ingest(engine, part, 1000)?;
         done += n;
         seed += 1;
