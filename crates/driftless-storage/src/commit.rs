@@ -635,11 +635,15 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 let filed: u64 =
                     decode_opt(self.meta.get(META_AGGREGATES_INDEXED).map_err(|e| store.fail(e))?)?
                         .unwrap_or(0);
-                if self.head.saturating_sub(filed) >= AGGREGATE_FILING_MAX {
+                let mut unfiled = self.head.saturating_sub(filed);
+                if unfiled >= AGGREGATE_FILING_MAX {
                     file_aggregates(store, journal, by_aggregate, filed, self.head)?;
                     let bytes = codec::encode(&self.head)?;
                     self.meta.insert(META_AGGREGATES_INDEXED, bytes.as_slice()).map_err(|e| store.fail(e))?;
+                    unfiled = 0;
                 }
+                // Set under the write lock, so commits set it in commit order.
+                store.unfiled.store(unfiled, std::sync::atomic::Ordering::SeqCst);
             }
             self.wrote = true;
         }
@@ -1048,6 +1052,7 @@ impl Store {
                 file_aggregates(self, &journal, &mut by_aggregate, filed, head)?;
                 meta.insert(META_AGGREGATES_INDEXED, codec::encode(&head)?.as_slice())
                     .map_err(|e| self.fail(e))?;
+                self.unfiled.store(0, std::sync::atomic::Ordering::SeqCst);
                 head
             };
             self.commit(txn)?;

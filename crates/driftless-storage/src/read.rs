@@ -332,19 +332,13 @@ impl Store {
         })
     }
 
-    /// How many journal entries are not yet filed in the per-aggregate index (see
-    /// [`Store::file_aggregates`]).
-    ///
-    /// # Errors
-    /// [`ReadError`] when storage fails.
-    pub fn unfiled_journal_entries(&self) -> Result<u64, ReadError> {
-        contain_read("unfiled_journal_entries", || {
-            let txn = self.db.begin_read()?;
-            let meta = txn.open_table(META)?;
-            let head: u64 = get_meta_value(&meta, META_HEAD)?.unwrap_or(0);
-            let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
-            Ok(head.saturating_sub(filed))
-        })
+    /// How many journal entries are not yet filed in the per-aggregate index, as of this
+    /// store's last commit that journaled events or filed them (see
+    /// [`Store::file_aggregates`]); 0 until the first, whatever an earlier process left.
+    /// Reads nothing from the file.
+    #[must_use]
+    pub fn unfiled_journal_entries(&self) -> u64 {
+        self.unfiled.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The distinct aggregate ids in the journal, in byte order, up to `limit`.

@@ -71,6 +71,9 @@ pub struct Store {
     /// Hashes of at least every stored dead letter's key, kept from one commit to the
     /// next so that a commit does not scan the dead letters again (see `commit.rs`).
     pub(crate) dead_filter: Mutex<Option<std::collections::HashSet<u64>>>,
+    /// Journal entries not yet filed by aggregate, as of the last commit that journaled or
+    /// filed (see [`Store::unfiled_journal_entries`]).
+    pub(crate) unfiled: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -185,7 +188,14 @@ impl Store {
 
     fn finish_open(db: DbHandle, path: PathBuf, options: StoreOptions) -> Result<Self, OpenError> {
         guarded(&path, || check_format(&db, &path))?;
-        Ok(Self { db, path, options, poison: Mutex::new(None), dead_filter: Mutex::new(None) })
+        Ok(Self {
+            db,
+            path,
+            options,
+            poison: Mutex::new(None),
+            dead_filter: Mutex::new(None),
+            unfiled: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// The database file's path.

@@ -14,7 +14,7 @@ use driftless_storage::{
 use parking_lot::Mutex;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -274,9 +274,9 @@ impl<E: Event> EngineBuilder<E> {
             options: self.options,
             views: self.views,
             commit_lock: Mutex::new(()),
-            unfinished: AtomicUsize::new(0),
-            started: AtomicBool::new(false),
-            unfiled: AtomicU64::new(0),
+            // The writer's work at open counts as one: until it is done, `dispatch_and_wait`
+            // queues its event behind it.
+            unfinished: AtomicUsize::new(1),
         });
         let (tx, rx) = bounded::<Msg<E>>(shared.options.queue_capacity);
         let writer_shared = Arc::clone(&shared);
@@ -320,14 +320,9 @@ struct Shared<E: Event> {
     /// Held by whoever commits events: the writer thread, or a caller of
     /// [`Engine::dispatch_and_wait`] that found nothing queued.
     commit_lock: Mutex<()>,
-    /// Event messages sent to the writer and not yet committed (or failed).
+    /// Event messages sent to the writer and not yet committed (or failed), plus one until
+    /// the writer has done its work at open (rebuilds, catch-up).
     unfinished: AtomicUsize,
-    /// Whether the writer has done its work at open (rebuilds, catch-up).
-    started: AtomicBool,
-    /// Journal entries this engine's commits added since its writer last filed (a tail left
-    /// by an earlier process is filed with them, or by a commit at the bound): an idle
-    /// writer reads the store only when this says there is filing to do.
-    unfiled: AtomicU64,
 }
 
 impl<E: Event> Shared<E> {
@@ -561,14 +556,12 @@ impl<E: Event> Engine<E> {
         let prepared = PreparedEvent::new(event).map_err(DispatchError::from)?;
         self.sender()?;
         let shared = &self.shared;
-        if shared.started.load(SeqCst) {
-            if let Some(_committing) = shared.commit_lock.try_lock() {
-                // Under the lock nothing is being committed; with nothing unfinished either,
-                // every event dispatched before this call is committed.
-                if shared.unfinished.load(SeqCst) == 0 {
-                    let mut reports = commit_events(shared, std::slice::from_ref(&prepared))?;
-                    return reports.pop().ok_or(DispatchWaitError::NotCommitted(NotCommitted::EngineStopped));
-                }
+        if let Some(_committing) = shared.commit_lock.try_lock() {
+            // Under the lock nothing is being committed; with nothing unfinished either, the
+            // work at open is done and every event dispatched before this call is committed.
+            if shared.unfinished.load(SeqCst) == 0 {
+                let mut reports = commit_events(shared, std::slice::from_ref(&prepared))?;
+                return reports.pop().ok_or(DispatchWaitError::NotCommitted(NotCommitted::EngineStopped));
             }
         }
         let (reply, rx) = bounded(1);
@@ -941,8 +934,8 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
     {
         let _committing = shared.commit_lock.lock();
         startup(shared);
+        shared.unfinished.fetch_sub(1, SeqCst);
     }
-    shared.started.store(true, SeqCst);
     let mut carry: Option<Msg<E>> = None;
     loop {
         let msg = match carry.take() {
@@ -1038,29 +1031,14 @@ fn file_when_idle<E: Event>(shared: &Shared<E>) {
     if !shared.options.journal || shared.store.poisoned().is_some() {
         return;
     }
-    if shared.unfiled.load(SeqCst) < IDLE_FILING_MIN {
+    if shared.store.unfiled_journal_entries() < IDLE_FILING_MIN {
         return;
     }
     // A caller of `dispatch_and_wait` committing now goes first; the filing waits.
     let Some(_committing) = shared.commit_lock.try_lock() else { return };
-    // A commit may have filed the tail since (see `AGGREGATE_FILING_MAX`).
-    match shared.store.unfiled_journal_entries() {
-        Ok(n) if n >= IDLE_FILING_MIN => {}
-        Ok(n) => {
-            shared.unfiled.store(n, SeqCst);
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "reading the journal's filing state failed");
-            return;
-        }
-    }
     let started = Instant::now();
     match shared.store.file_aggregates() {
-        Ok(_) => {
-            shared.unfiled.store(0, SeqCst);
-            metrics::histogram!("driftless_filing_seconds").record(started.elapsed().as_secs_f64());
-        }
+        Ok(_) => metrics::histogram!("driftless_filing_seconds").record(started.elapsed().as_secs_f64()),
         Err(e) => tracing::error!(error = %e, "filing the journal by aggregate failed"),
     }
 }
@@ -1146,8 +1124,6 @@ fn commit_events<E: Event>(
     metrics::histogram!("driftless_batch_events").record(events.len() as f64);
     if let Ok(reports) = &result {
         count_outcomes(reports);
-        let journaled = reports.iter().filter(|r| r.position.is_some()).count();
-        shared.unfiled.fetch_add(u64::try_from(journaled).unwrap_or(u64::MAX), SeqCst);
     }
     result
 }
