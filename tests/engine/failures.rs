@@ -1,13 +1,13 @@
 //! A panicking projector is dead-lettered without harming the engine; freshness under an
 //! injected clock.
 
-use super::{ensure_matches_model, fold, leaderboard_view, options, TestResult};
+use super::{create, ensure_matches_model, fold, leaderboard_view, options, TestResult};
 use driftless::{
     ApplyError, Engine, EventOutcome, HandlerName, HandlerOutcome, ManualClock, ProjectionContext, Projector,
     TableDef, TableId, Timestamp, Views,
 };
 use driftless_listings::{
-    projectors, ListingEvent, ListingEventKind, ListingModel, DISTRICT_STATS_HANDLER, LISTING_CARD_HANDLER,
+    projectors, ListingEvent, ListingModel, DISTRICT_STATS_HANDLER, LISTING_CARD_HANDLER,
 };
 use std::sync::Arc;
 
@@ -51,14 +51,6 @@ impl Projector<ListingEvent> for Panicky {
     }
 }
 
-fn created(id: &str, at: u64) -> ListingEvent {
-    ListingEvent::new(
-        id,
-        at,
-        ListingEventKind::ListingCreated { title: "Loft".into(), price: 100_000, district: "Mitte".into() },
-    )
-}
-
 fn open_with_panicky(path: &std::path::Path) -> TestResult<Engine<ListingEvent>> {
     let mut builder = Engine::builder(path).options(options());
     for p in projectors() {
@@ -97,7 +89,7 @@ fn ensure_panic_dead_lettered(
 fn a_projector_panicking_in_apply_is_dead_lettered_and_the_engine_goes_on() -> TestResult {
     let dir = tempfile::tempdir()?;
     let engine = open_with_panicky(&dir.path().join("db.redb"))?;
-    let events = [created("l-1", 1), created("boom-1", 2), created("l-2", 3)];
+    let events = [create("l-1", 1, 100_000), create("boom-1", 2, 100_000), create("l-2", 3, 100_000)];
     let mut model = ListingModel::new();
     for e in &events {
         model.apply(e);
@@ -109,7 +101,7 @@ fn a_projector_panicking_in_apply_is_dead_lettered_and_the_engine_goes_on() -> T
         }
     }
     // In one batch, the panic costs only its own (event, handler).
-    let batch = [created("l-3", 4), created("boom-2", 5), created("l-4", 6)];
+    let batch = [create("l-3", 4, 100_000), create("boom-2", 5, 100_000), create("l-4", 6, 100_000)];
     let reports = engine.dispatch_batch(batch.iter().cloned())?.wait()?;
     for (e, report) in batch.iter().zip(&reports) {
         model.apply(e);
@@ -134,7 +126,7 @@ fn a_projector_panicking_in_apply_is_dead_lettered_and_the_engine_goes_on() -> T
 fn a_projector_panicking_in_handles_is_dead_lettered_and_the_engine_goes_on() -> TestResult {
     let dir = tempfile::tempdir()?;
     let engine = open_with_panicky(&dir.path().join("db.redb"))?;
-    let events = [created("l-1", 1), created("trap-1", 2), created("l-2", 3)];
+    let events = [create("l-1", 1, 100_000), create("trap-1", 2, 100_000), create("l-2", 3, 100_000)];
     let (mut model, _) = fold(&events);
     let reports = engine.dispatch_batch(events.iter().cloned())?.wait()?;
     for (e, report) in events.iter().zip(&reports) {
@@ -145,7 +137,7 @@ fn a_projector_panicking_in_handles_is_dead_lettered_and_the_engine_goes_on() ->
         }
     }
     ensure!(engine.store().poisoned().is_none(), "the engine is not poisoned");
-    let after = created("l-3", 4);
+    let after = create("l-3", 4, 100_000);
     model.apply(&after);
     ensure_eq!(engine.dispatch(after)?.wait()?.outcome, EventOutcome::Applied, "the engine goes on");
     ensure_matches_model(&engine, &model)?;
@@ -169,7 +161,7 @@ fn freshness_follows_the_injected_clock() -> TestResult {
     ensure!(f.seconds.is_none() && f.commit_lag_ms.is_none(), "nothing applied yet: {f:?}");
     ensure_eq!(f.header_value(), None, "no header before the first event");
 
-    let report = engine.dispatch(created("l-1", NOW - 5_000))?.wait()?;
+    let report = engine.dispatch(create("l-1", NOW - 5_000, 100_000))?.wait()?;
     ensure_eq!(report.outcome, EventOutcome::Applied, "the outcome");
     for read_model in ["listing_card", "district_stats"] {
         let f = engine.freshness_of(read_model)?;
@@ -191,7 +183,7 @@ fn freshness_follows_the_injected_clock() -> TestResult {
     );
 
     // An event applied late: the lag is applied-at minus occurred-at.
-    let report = engine.dispatch(created("l-2", NOW - 60_000))?.wait()?;
+    let report = engine.dispatch(create("l-2", NOW - 60_000, 100_000))?.wait()?;
     ensure_eq!(report.outcome, EventOutcome::Applied, "the outcome");
     let f = engine.freshness_of(LISTING_CARD_HANDLER)?;
     ensure_eq!(f.commit_lag_ms, Some(62_500), "the lag of the late event");
@@ -218,7 +210,7 @@ fn freshness_follows_the_injected_clock() -> TestResult {
         builder.view(leaderboard_view()).open()?
     };
     engine.set_kill_switch("listing_card", true)?;
-    engine.dispatch(created("l-3", NOW))?.wait()?;
+    engine.dispatch(create("l-3", NOW, 100_000))?.wait()?;
     let f = engine.freshness_of("listing_card")?;
     ensure!(!f.caught_up && f.switched_off, "paused and passed by: {f:?}");
     ensure_eq!(f.header_value(), None, "no header while not caught up");

@@ -83,6 +83,24 @@ fn open_gated(path: &Path, options: EngineOptions) -> TestResult<(Engine<Listing
     Ok((engine, gate))
 }
 
+/// A `ListingCreated` of a loft in Mitte.
+fn create(listing: &str, at: u64, price: u64) -> ListingEvent {
+    ListingEvent::new(
+        listing,
+        at,
+        driftless_listings::ListingEventKind::ListingCreated {
+            title: "Loft".into(),
+            price,
+            district: "Mitte".into(),
+        },
+    )
+}
+
+/// A `ListingPriceChanged`.
+fn price(listing: &str, at: u64, price: u64) -> ListingEvent {
+    ListingEvent::new(listing, at, driftless_listings::ListingEventKind::ListingPriceChanged { price })
+}
+
 /// Every row of a serving read model, in key order.
 fn rows<K, V>(engine: &Engine<ListingEvent>, def: &driftless::TableDef<K, V>) -> TestResult<BTreeMap<K, V>>
 where
@@ -176,23 +194,23 @@ fn leaderboard_view() -> impl driftless::MaterializedView {
 }
 
 /// A projector that behaves as `inner` but blocks in its first `apply` until released, so
-/// that a test can hold the writer thread inside a commit.
+/// that a test can hold a commit (and the thread running it) still.
 struct Gated<P> {
     inner: P,
-    gate: parking_lot::Mutex<Option<(crossbeam_channel::Sender<()>, crossbeam_channel::Receiver<()>)>>,
+    gate: parking_lot::Mutex<Option<(crossbeam_channel::Sender<String>, crossbeam_channel::Receiver<()>)>>,
 }
 
 /// The test's side of a [`Gated`] projector.
 struct Gate {
-    entered: crossbeam_channel::Receiver<()>,
+    entered: crossbeam_channel::Receiver<String>,
     release: crossbeam_channel::Sender<()>,
 }
 
 impl Gate {
-    /// Waits until the writer is blocked in the gated projector.
-    fn wait_entered(&self) -> TestResult {
-        self.entered.recv_timeout(GATE_TIMEOUT).map_err(|_| "the writer never reached the gate")?;
-        Ok(())
+    /// Waits until a commit is blocked in the gated projector; returns the name of the
+    /// thread that runs it.
+    fn wait_entered(&self) -> TestResult<String> {
+        Ok(self.entered.recv_timeout(GATE_TIMEOUT).map_err(|_| "no commit reached the gate")?)
     }
 
     /// Lets the writer go on.
@@ -232,7 +250,7 @@ impl<P: Projector<ListingEvent>> Projector<ListingEvent> for Gated<P> {
     ) -> Result<(), ApplyError> {
         let gate = self.gate.lock().take();
         if let Some((entered, release)) = gate {
-            let _ = entered.send(());
+            let _ = entered.send(std::thread::current().name().unwrap_or("unnamed").to_string());
             let _ = release.recv_timeout(GATE_TIMEOUT);
         }
         self.inner.apply(e, ctx, views)

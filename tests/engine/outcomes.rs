@@ -1,24 +1,14 @@
 //! Receipts report what the reference model says, event by event.
 
-use super::{ensure_matches_model, fold, open_listings, options, same_outcome, TestResult};
+use super::{
+    create, ensure_matches_model, fold, open_listings, options, price, same_outcome, stream, TestResult,
+};
 use driftless::{
     ApplyError, Engine, EngineOptions, EventOutcome, EventReport, HandlerName, HandlerOutcome,
     ProjectionContext, Projector, TableDef, TableId, Views,
 };
 use driftless_listings::{generate_events, projectors, GenConfig, ListingEvent, ListingEventKind, Outcome};
 use std::sync::Arc;
-
-fn create(id: &str, at: u64, price: u64) -> ListingEvent {
-    ListingEvent::new(
-        id,
-        at,
-        ListingEventKind::ListingCreated { title: "Loft".into(), price, district: "Mitte".into() },
-    )
-}
-
-fn price(id: &str, at: u64, price: u64) -> ListingEvent {
-    ListingEvent::new(id, at, ListingEventKind::ListingPriceChanged { price })
-}
 
 fn inquiry(id: &str, at: u64, inquiry_id: &str) -> ListingEvent {
     ListingEvent::new(id, at, ListingEventKind::InquiryReceived { inquiry_id: inquiry_id.into() })
@@ -92,9 +82,8 @@ fn ensure_report(n: usize, report: &EventReport, expected: &Outcome, event: &Lis
 
 #[test]
 fn every_outcome_one_event_at_a_time() -> TestResult {
-    let dir = tempfile::tempdir()?;
     let events = every_outcome();
-    let (model, outcomes) = fold(&events);
+    let (_, outcomes) = fold(&events);
     for kind in ["applied", "duplicate", "conflict", "rejected"] {
         let count = outcomes
             .iter()
@@ -107,9 +96,28 @@ fn every_outcome_one_event_at_a_time() -> TestResult {
             .count();
         ensure!(count >= 3, "the stream has {count} {kind} events");
     }
+    one_at_a_time(&events, false)?;
+    one_at_a_time(&events, true)
+}
+
+#[test]
+fn a_generated_stream_through_dispatch_and_wait_reports_what_the_model_says() -> TestResult {
+    one_at_a_time(&stream(600, 40, 5, 23), true)
+}
+
+/// Delivers `events` one at a time, each waited for — through `dispatch` and the receipt,
+/// or through `dispatch_and_wait` when `and_wait` — and checks every report and the read
+/// models against the model.
+fn one_at_a_time(events: &[ListingEvent], and_wait: bool) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (model, outcomes) = fold(events);
     let engine = open_listings(&dir.path().join("db.redb"), options())?;
     for (n, (event, expected)) in events.iter().zip(&outcomes).enumerate() {
-        let report = engine.dispatch(event.clone())?.wait()?;
+        let report = if and_wait {
+            engine.dispatch_and_wait(event.clone())?
+        } else {
+            engine.dispatch(event.clone())?.wait()?
+        };
         ensure_report(n, &report, expected, event)?;
     }
     ensure_matches_model(&engine, &model)?;
