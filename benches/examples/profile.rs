@@ -9,8 +9,8 @@
 //! Operations (each prints its rate for every round; `PROFILE_ROUNDS` sets the rounds,
 //! default 5):
 //! - `ingest`: 200,000 events over 10,000 listings, 1,000 per commit, into a new database;
-//! - `single`: one event per durable commit, baseline A and driftless alternately, 2,000
-//!   events each;
+//! - `single`: one event per commit, 2,000 events: baseline A, then driftless through
+//!   `dispatch_and_wait` and through `dispatch` and the receipt, synced and not;
 //! - `redeliver`: the same stream ingested once, then every applied event delivered again;
 //! - `reads`: point reads of `listing_card`, raw redb get-and-decode against the read
 //!   repository, and the cost of checking one stored value's checksum;
@@ -22,10 +22,12 @@
 //!   10,000, with a page cache of CACHE_MIB MiB.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+use driftless::Durability;
 use driftless_benches::{
     applied_events, driftless_ingest, driftless_point_reads, filled_engine, filled_redb, listing_cards,
-    lookup_keys, open_engine, peak_rss_bytes, producer_parts, rebuild_listing_card, reconcile_fixture,
-    reconcile_listing_card, redb_point_reads, run_producers, workload, Error, RedbBaseline, PRODUCERS,
+    lookup_keys, open_engine, open_engine_with, peak_rss_bytes, producer_parts, rebuild_listing_card,
+    reconcile_fixture, reconcile_listing_card, redb_point_reads, run_producers, workload, Error,
+    RedbBaseline, PRODUCERS,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,15 +65,38 @@ fn single() -> Result<(), Error> {
         let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
         let t = Instant::now();
         base.ingest(&stream, 1)?;
-        let a = per_second(stream.len(), t);
+        let a = stream.len() as f64 / t.elapsed().as_secs_f64();
         drop(base);
-        let engine = open_engine(&dir.path().join("d.redb"), 1)?;
-        let owned = stream.clone();
-        let t = Instant::now();
-        driftless_ingest(&engine, owned, 1)?;
-        let d = per_second(stream.len(), t);
-        engine.shutdown()?;
-        println!("one event per commit: A {a:.0}/s, driftless {d:.0}/s, ratio {:.2}", d / a);
+        // Microseconds per event: `dispatch_and_wait`, then `dispatch` and the receipt (two
+        // thread hand-offs), synced and not.
+        let mut us = Vec::new();
+        for (n, durability) in [Durability::Immediate, Durability::Eventual].into_iter().enumerate() {
+            for and_wait in [true, false] {
+                let engine =
+                    open_engine_with(&dir.path().join(format!("d{n}{and_wait}.redb")), 1, durability)?;
+                let owned = stream.clone();
+                let t = Instant::now();
+                for e in owned {
+                    if and_wait {
+                        engine.dispatch_and_wait(e)?;
+                    } else {
+                        engine.dispatch(e)?.wait()?;
+                    }
+                }
+                us.push(t.elapsed().as_secs_f64() * 1e6 / stream.len() as f64);
+                engine.shutdown()?;
+            }
+        }
+        let a_us = 1e6 / a;
+        println!(
+            "one event per commit, µs per event: A {a_us:.0}; synced: dispatch_and_wait {:.0} ({:.2}x A), \
+             dispatch+wait {:.0}; not synced: dispatch_and_wait {:.0}, dispatch+wait {:.0}",
+            us[0],
+            a_us / us[0],
+            us[1],
+            us[2],
+            us[3]
+        );
     }
     Ok(())
 }

@@ -258,7 +258,16 @@ impl SqliteBaseline {
 /// other setting at its default (a queue of 1,024 messages that blocks when full, a 64 MiB
 /// page cache, synced commits, the journal on).
 pub fn open_engine(path: &Path, batch: usize) -> Result<driftless::Engine<ListingEvent>, Error> {
-    let mut b = driftless::Engine::builder(path).max_batch_events(batch.max(1));
+    open_engine_with(path, batch, driftless::Durability::Immediate)
+}
+
+/// As [`open_engine`], with the given commit durability.
+pub fn open_engine_with(
+    path: &Path,
+    batch: usize,
+    durability: driftless::Durability,
+) -> Result<driftless::Engine<ListingEvent>, Error> {
+    let mut b = driftless::Engine::builder(path).max_batch_events(batch.max(1)).durability(durability);
     for p in driftless_listings::projectors() {
         b = b.projector_arc(std::sync::Arc::from(p));
     }

@@ -14,7 +14,7 @@
 //! on ordinary reads). Version 2, which this build writes, checksums with XXH3-64 (little
 //! endian); version 1 used the first 8 bytes of blake3 and is still read. Both detect
 //! damage equally well (a changed value passes with probability 2^-64); XXH3 costs about
-//! 6 ns for a typical 60-byte row where blake3 costs about 100 ns, and every read and
+//! 9 ns for a typical 61-byte row where blake3 costs about 100 ns, and every read and
 //! write of a value pays it. The body is decoded with a size limit, so a length prefix that claims
 //! gigabytes is refused without allocating them. bincode is pinned to 2.0.1 and used nowhere
 //! else in driftless.
