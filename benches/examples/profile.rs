@@ -26,8 +26,8 @@ use driftless::Durability;
 use driftless_benches::{
     applied_events, driftless_ingest, driftless_point_reads, filled_engine, filled_redb, listing_cards,
     lookup_keys, open_engine, open_engine_with, peak_rss_bytes, producer_parts, rebuild_listing_card,
-    reconcile_fixture, reconcile_listing_card, redb_point_reads, run_producers, workload, Error,
-    RedbBaseline, PRODUCERS,
+    reconcile_fixture, reconcile_listing_card, redb_point_reads, run_producers, thread_cpu_nanos, workload,
+    Error, RedbBaseline, PRODUCERS,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +38,20 @@ fn rounds() -> usize {
 
 fn arg(n: usize) -> Option<usize> {
     std::env::args().nth(n).and_then(|v| v.parse().ok())
+}
+
+/// CPU nanoseconds per event of each thread that ran since `before`, e.g.
+/// `driftless-write 812, profile 640`.
+fn cpu_per_event(before: &[(String, u64)], events: usize) -> String {
+    let mut parts = Vec::new();
+    for (name, now) in thread_cpu_nanos() {
+        let was = before.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
+        let ns = now.saturating_sub(was) as f64 / events as f64;
+        if ns >= 1.0 {
+            parts.push(format!("{name} {ns:.0}"));
+        }
+    }
+    parts.join(", ")
 }
 
 fn per_second(n: usize, since: Instant) -> f64 {
@@ -108,9 +122,14 @@ fn redeliver() -> Result<(), Error> {
     let applied = applied_events(&stream);
     for _ in 0..rounds() {
         let owned = applied.clone();
+        let before = thread_cpu_nanos();
         let t = Instant::now();
         driftless_ingest(&engine, owned, 1000)?;
-        println!("re-delivery: {:.0} events/s", per_second(applied.len(), t));
+        let rate = per_second(applied.len(), t);
+        println!(
+            "re-delivery: {rate:.0} events/s; CPU ns per event: {}",
+            cpu_per_event(&before, applied.len())
+        );
     }
     engine.shutdown()?;
     Ok(())

@@ -485,6 +485,26 @@ pub fn reconcile_listing_card(harness: &driftless::reconcile::ReconcileHarness) 
     Ok(report.read_models.iter().map(|r| r.sampled).sum())
 }
 
+/// CPU time each thread of this process has run, by thread name, in nanoseconds (from
+/// `/proc/self/task/*/schedstat`; empty where that is not available). Differences of two
+/// readings tell how busy each thread was, which a noisy machine's wall-clock figures hide.
+#[must_use]
+pub fn thread_cpu_nanos() -> Vec<(String, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
+        let ran = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()));
+        if let Some(ran) = ran {
+            out.push((name, ran));
+        }
+    }
+    out
+}
+
 /// Peak resident set size of this process, in bytes (Linux), if known.
 #[must_use]
 pub fn peak_rss_bytes() -> Option<u64> {

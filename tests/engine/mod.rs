@@ -24,6 +24,7 @@ mod dead_letters;
 mod failures;
 mod kill_switch;
 mod outcomes;
+mod ownership;
 mod rebuild;
 mod shutdown;
 mod views;

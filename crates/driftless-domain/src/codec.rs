@@ -19,7 +19,7 @@
 //! gigabytes is refused without allocating them. bincode is pinned to 2.0.1 and used nowhere
 //! else in driftless.
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// The envelope version this build writes: an XXH3-64 checksum.
 pub const ENVELOPE_VERSION: u8 = 2;
@@ -206,6 +206,18 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let body = verify(bytes)?;
     bincode::serde::decode_from_slice::<T, _>(body, config())
+        .map(|(value, _)| value)
+        .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), message: e.to_string() })
+}
+
+/// As [`decode_prefix`], for a `T` that borrows from `bytes` (a `&[u8]` field decodes
+/// without copying), so that a hot read can look at a stored value without allocating.
+///
+/// # Errors
+/// As [`decode_prefix`].
+pub fn decode_prefix_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    let body = verify(bytes)?;
+    bincode::serde::borrow_decode_from_slice::<T, _>(body, config())
         .map(|(value, _)| value)
         .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), message: e.to_string() })
 }

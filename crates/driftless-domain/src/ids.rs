@@ -83,6 +83,10 @@ fn check_name(what: &'static str, value: &str, max: usize, reserved: &[char]) ->
     if value.len() > max {
         return Err(NameError::TooLong { what, len: value.len(), max });
     }
+    // Printable ASCII, the common case, holds no control character: one pass over bytes.
+    if reserved.is_empty() && value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     for (at, ch) in value.char_indices() {
         if ch.is_control() {
             return Err(NameError::ControlCharacter { what, ch, at });

@@ -4,9 +4,9 @@
 use crate::error::{caller, contain, panic_message, CommitError};
 use crate::registry::Registry;
 use crate::schema::{
-    canonical_time, index_key, physical, shadow, DeadLetter, HandlerRecord, IndexRow, JournalEntry,
-    ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META,
-    META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
+    canonical_time, index_key, index_key_into, physical, shadow, DeadLetter, HandlerRecord, IndexRow,
+    IndexRowHead, JournalEntry, ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL,
+    JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
 };
 use crate::store::Store;
 use driftless_domain::{
@@ -129,6 +129,8 @@ struct Batch<'t, 'r, E> {
     store: &'t Store,
     reg: &'r Registry<E>,
     subset: Vec<usize>,
+    /// The index-row bit of each handler in `subset`.
+    slots: Vec<u32>,
     records: Vec<HandlerRecord>,
     original_records: Vec<HandlerRecord>,
     wrote: bool,
@@ -153,6 +155,8 @@ struct Batch<'t, 'r, E> {
     rebuilding: Option<u32>,
     ws: WriteSet,
     scratch: Vec<u8>,
+    /// The index key of the event being looked up.
+    key: Vec<u8>,
 }
 
 fn decode_opt<T: serde::de::DeserializeOwned>(
@@ -227,10 +231,12 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 }
             }
         }
+        let slots = subset.iter().filter_map(|&i| reg.handlers.get(i).map(|h| h.slot)).collect();
         Ok(Self {
             store,
             reg,
             subset,
+            slots,
             original_records: records.clone(),
             records,
             wrote: false,
@@ -256,6 +262,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             rebuilding: None,
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
+            key: Vec::with_capacity(64),
         })
     }
 
@@ -289,6 +296,29 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         Ok((index_key(occurred_at, id), None, canonical != Some(occurred_at)))
     }
 
+    /// Whether `ev` is a re-delivery that every handler of the batch applied with the same
+    /// payload, as the stored index says (rows this batch changed are left to
+    /// [`Batch::process`]). Reads the stored row in place: a re-delivery, the most common
+    /// event to see twice, costs one lookup and no allocation.
+    fn applied_by_all(&mut self, ev: &PreparedEvent<E>) -> Result<bool, CommitError> {
+        let id = ev.id.as_str();
+        let explicit = match self.ids_overlay.get(id) {
+            Some(t) => Some(*t),
+            None if self.has_explicit_ids => decode_opt(self.ids.get(id).map_err(|e| self.store.fail(e))?)?,
+            None => None,
+        };
+        let Some(filed_at) = explicit.or_else(|| canonical_time(id)) else { return Ok(false) };
+        index_key_into(filed_at, id, &mut self.key);
+        if self.index_overlay.contains_key(self.key.as_slice()) {
+            return Ok(false);
+        }
+        let Some(stored) = self.index.get(self.key.as_slice()).map_err(|e| self.store.fail(e))? else {
+            return Ok(false);
+        };
+        let head: IndexRowHead<'_> = codec::decode_prefix_borrowed(stored.value())?;
+        Ok(head.hash == ev.hash.0 && self.slots.iter().all(|&slot| head.has(slot)))
+    }
+
     fn load_dead(&self, handler: &str, id: &str) -> Result<Option<DeadLetter>, CommitError> {
         if let Some((_, d)) = self.dead_overlay.iter().find(|((h, i), _)| h == handler && i == id) {
             return Ok(d.clone());
@@ -297,6 +327,14 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     }
 
     fn process(&mut self, ev: &PreparedEvent<E>, known_position: u64) -> Result<EventReport, CommitError> {
+        if self.mode == Mode::Live && self.applied_by_all(ev)? {
+            return Ok(EventReport {
+                event_id: ev.id.clone(),
+                position: None,
+                outcome: EventOutcome::Duplicate,
+                handlers: self.subset.iter().map(|&i| (i, HandlerOutcome::Duplicate)).collect(),
+            });
+        }
         let id = ev.id.as_str();
         let (key, mut row, needs_id_entry) = self.locate(id, ev.event.occurred_at().0)?;
         // A rebuild starts the handler afresh without first clearing its bit in every index

@@ -46,9 +46,15 @@ pub(crate) const META_AGGREGATES_INDEXED: &str = "aggregates_indexed";
 /// The key of an event's index row: its filing time, big-endian, then its id.
 pub(crate) fn index_key(filed_at: u64, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + id.len());
-    k.extend_from_slice(&filed_at.to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
+    index_key_into(filed_at, id, &mut k);
     k
+}
+
+/// As [`index_key`], into a buffer that is cleared first.
+pub(crate) fn index_key_into(filed_at: u64, id: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&filed_at.to_be_bytes());
+    out.extend_from_slice(id.as_bytes());
 }
 
 /// The time an id derived by default (`"{aggregate}:{millis}:{name}"`) carries: the
@@ -145,6 +151,24 @@ impl IndexRow {
 
     pub(crate) fn payload_hash(&self) -> PayloadHash {
         PayloadHash(self.hash)
+    }
+}
+
+/// The leading fields of a stored [`IndexRow`], borrowed from its bytes: what tells a
+/// re-delivery from a new event, read without allocating.
+#[derive(Deserialize)]
+pub(crate) struct IndexRowHead<'a> {
+    _position: u64,
+    _applied_at: u64,
+    pub hash: [u8; 32],
+    #[serde(borrow)]
+    pub applied: &'a [u8],
+}
+
+impl IndexRowHead<'_> {
+    pub(crate) fn has(&self, slot: u32) -> bool {
+        let (byte, bit) = bit_of(slot);
+        self.applied.get(byte).is_some_and(|b| b & bit != 0)
     }
 }
 
@@ -251,7 +275,30 @@ pub struct DeadLetter {
 
 #[cfg(test)]
 mod tests {
-    use super::canonical_time;
+    use super::{canonical_time, IndexRow, IndexRowHead};
+    use driftless_domain::codec;
+
+    #[test]
+    fn the_head_of_a_stored_index_row_reads_as_the_row() -> Result<(), driftless_domain::CodecError> {
+        let mut row =
+            IndexRow { position: 9, applied_at: 5, hash: [7; 32], applied: Vec::new(), late: Vec::new() };
+        row.set(0, 5);
+        row.set(9, 6);
+        row.set(17, 5);
+        let bytes = codec::encode(&row)?;
+        let head: IndexRowHead<'_> = codec::decode_prefix_borrowed(&bytes)?;
+        assert_eq!(head.hash, row.hash);
+        assert_eq!(head.applied, row.applied.as_slice());
+        for slot in 0..40 {
+            assert_eq!(head.has(slot), row.has(slot), "slot {slot}");
+        }
+        let mut damaged = bytes.clone();
+        if let Some(b) = damaged.get_mut(12) {
+            *b ^= 1;
+        }
+        assert!(codec::decode_prefix_borrowed::<IndexRowHead<'_>>(&damaged).is_err());
+        Ok(())
+    }
 
     #[test]
     fn canonical_time_reads_the_time_of_a_default_id() {
