@@ -5,7 +5,7 @@
 //! cd fuzz && cargo run --example seed_corpus
 //! ```
 
-use driftless_domain::{codec, Event, Timestamp};
+use driftless_domain::{codec, Timestamp};
 use driftless_listings::{
     generate, DistrictStats, GenConfig, ListingCard, ListingEvent, ListingEventKind, ListingStatus,
 };
@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         1_700_000_000_000,
         ListingEventKind::ListingCreated { title: "Loft".into(), price: 1, district: "Mitte".into() },
     );
-    let body = event.stable_encoding()?;
+    let body = codec::stable_encode(&event)?;
     let entry = JournalEntry {
         position: 7,
         aggregate_id: "listing-1".into(),

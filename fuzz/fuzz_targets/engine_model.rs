@@ -218,7 +218,7 @@ struct Model {
 }
 
 fn hash_of(e: &ListingEvent) -> PayloadHash {
-    PayloadHash::of_bytes(&e.stable_encoding().expect("an event encodes"))
+    PayloadHash::of_bytes(&driftless_domain::codec::stable_encode(e).expect("an event encodes"))
 }
 
 impl Model {

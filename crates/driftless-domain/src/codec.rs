@@ -233,6 +233,16 @@ pub fn stable_encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -
     Ok(())
 }
 
+/// The stable encoding of `value` in a new vector (see [`stable_encode_into`]).
+///
+/// # Errors
+/// As [`stable_encode_into`].
+pub fn stable_encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    stable_encode_into(value, &mut out)?;
+    Ok(out)
+}
+
 /// Decodes bytes written by [`stable_encode_into`], with the size limit and a check that
 /// every byte was used.
 ///

@@ -38,7 +38,10 @@ impl fmt::Debug for PayloadHash {
 /// The serde representation is the event's *stable encoding*: it is what the journal stores
 /// and what the payload hash is computed over, so it must cover everything that makes the
 /// event what it is (aggregate, name, time and payload) and must not change for a stored
-/// event. Adding a field changes the hash of new events only.
+/// event. Adding a field changes the hash of new events only. The encoding is bincode 2
+/// (standard configuration) of that representation ([`codec::stable_encode`]), and must be
+/// a function of the event's value: driftless hashes it when the event is dispatched and
+/// encodes it again when it journals the event.
 pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The aggregate (entity) the event belongs to.
     fn aggregate_id(&self) -> &str;
@@ -55,40 +58,49 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn event_id(&self) -> EventId {
         EventId::derive(self.aggregate_id(), self.occurred_at(), self.event_name())
     }
-
-    /// The stable encoding (bincode 2, standard configuration) of the whole event.
-    ///
-    /// # Errors
-    /// [`CodecError::Encode`] when serde refuses the value.
-    fn stable_encoding(&self) -> Result<Vec<u8>, CodecError> {
-        let mut out = Vec::with_capacity(96);
-        codec::stable_encode_into(self, &mut out)?;
-        Ok(out)
-    }
 }
 
-/// An event with its id, stable encoding and payload hash computed once.
+/// An event with its id and payload hash computed once.
 #[derive(Debug, Clone)]
 pub struct PreparedEvent<E> {
     /// The event.
     pub event: E,
     /// Its id.
     pub id: EventId,
-    /// Its stable encoding.
-    pub encoded: Vec<u8>,
-    /// blake3 of `encoded`.
+    /// Its stable encoding, when the event came as those bytes (read back from the journal
+    /// or a dead letter). `None` for a new event: its bytes are made again where they are
+    /// stored ([`PreparedEvent::encode_into`]), which most deliveries, re-deliveries among
+    /// them, never need.
+    pub encoded: Option<Vec<u8>>,
+    /// blake3 of the stable encoding.
     pub hash: PayloadHash,
 }
 
 impl<E: Event> PreparedEvent<E> {
-    /// Computes the id, stable encoding and hash of `event`.
+    /// Computes the id and the hash of the stable encoding of `event`. The encoding is made
+    /// in a buffer kept per thread, so preparing allocates nothing but the id.
     ///
     /// # Errors
     /// [`CodecError`] when the event cannot be encoded.
     pub fn new(event: E) -> Result<Self, CodecError> {
-        let encoded = event.stable_encoding()?;
-        let hash = PayloadHash::of_bytes(&encoded);
-        Ok(Self { id: event.event_id(), event, encoded, hash })
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let hash = SCRATCH.with(|scratch| -> Result<PayloadHash, CodecError> {
+            // A `Serialize` impl that prepares another event re-enters: it gets its own buffer.
+            let mut own = Vec::new();
+            let mut shared = scratch.try_borrow_mut().ok();
+            let buf = shared.as_deref_mut().unwrap_or(&mut own);
+            buf.clear();
+            codec::stable_encode_into(&event, buf)?;
+            let hash = PayloadHash::of_bytes(buf);
+            // A rare huge event does not pin its size in every thread that prepared it.
+            if buf.capacity() > SCRATCH_KEPT {
+                *buf = Vec::new();
+            }
+            Ok(hash)
+        })?;
+        Ok(Self { id: event.event_id(), event, encoded: None, hash })
     }
 
     /// Rebuilds a prepared event from its stable encoding (as the journal stores it).
@@ -98,6 +110,36 @@ impl<E: Event> PreparedEvent<E> {
     pub fn from_encoded(encoded: Vec<u8>) -> Result<Self, CodecError> {
         let event: E = codec::stable_decode(&encoded)?;
         let hash = PayloadHash::of_bytes(&encoded);
-        Ok(Self { id: event.event_id(), event, encoded, hash })
+        Ok(Self { id: event.event_id(), event, encoded: Some(encoded), hash })
+    }
+
+    /// Appends the event's stable encoding to `out`: the bytes it came as, or the event
+    /// encoded again, which gives the bytes its hash was computed over (the encoding is a
+    /// function of the event's value).
+    ///
+    /// # Errors
+    /// [`CodecError`] when the event cannot be encoded.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match &self.encoded {
+            Some(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(())
+            }
+            None => codec::stable_encode_into(&self.event, out),
+        }
+    }
+
+    /// The event's stable encoding, as [`PreparedEvent::encode_into`] appends it.
+    ///
+    /// # Errors
+    /// [`CodecError`] when the event cannot be encoded.
+    pub fn encoding(&self) -> Result<Vec<u8>, CodecError> {
+        match &self.encoded {
+            Some(bytes) => Ok(bytes.clone()),
+            None => codec::stable_encode(&self.event),
+        }
     }
 }
+
+/// The most capacity a thread keeps in its buffer for preparing events.
+const SCRATCH_KEPT: usize = 64 << 10;

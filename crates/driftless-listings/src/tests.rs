@@ -327,10 +327,19 @@ fn json_lines_round_trip() -> TestResult {
 fn the_stable_encoding_round_trips_through_the_journal_form() -> TestResult {
     let e = parse_line(CREATED)?.with_event_id("x");
     let prepared = PreparedEvent::new(e.clone())?;
-    let back = PreparedEvent::<ListingEvent>::from_encoded(prepared.encoded.clone())?;
+    // A new event's bytes are made when it is journaled; they are what its hash covers.
+    assert_eq!(prepared.encoded, None);
+    let bytes = prepared.encoding()?;
+    assert_eq!(PayloadHash::of_bytes(&bytes), prepared.hash);
+    let back = PreparedEvent::<ListingEvent>::from_encoded(bytes.clone())?;
     assert_eq!(back.event, e);
     assert_eq!(back.hash, prepared.hash);
     assert_eq!(back.id.as_str(), "x");
+    assert_eq!(back.encoding()?, bytes);
+    let mut appended = b"head".to_vec();
+    back.encode_into(&mut appended)?;
+    prepared.encode_into(&mut appended)?;
+    assert_eq!(appended, [b"head".as_slice(), &bytes, &bytes].concat());
     Ok(())
 }
 

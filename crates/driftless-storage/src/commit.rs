@@ -157,6 +157,8 @@ struct Batch<'t, 'r, E> {
     scratch: Vec<u8>,
     /// The index key of the event being looked up.
     key: Vec<u8>,
+    /// The stable encoding of the event being journaled.
+    body: Vec<u8>,
 }
 
 fn decode_opt<T: serde::de::DeserializeOwned>(
@@ -263,6 +265,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
             key: Vec::with_capacity(64),
+            body: Vec::with_capacity(256),
         })
     }
 
@@ -488,12 +491,14 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
 
     fn append_journal(&mut self, ev: &PreparedEvent<E>, position: u64) -> Result<(), CommitError> {
         let Some(journal) = self.journal.as_mut() else { return Ok(()) };
+        self.body.clear();
+        ev.encode_into(&mut self.body)?;
         let entry = JournalEntryRef {
             position,
             aggregate_id: ev.event.aggregate_id(),
             occurred_at: ev.event.occurred_at(),
             accepted_at: self.now,
-            body: &ev.encoded,
+            body: &self.body,
         };
         self.scratch.clear();
         codec::encode_into(&entry, &mut self.scratch)?;
@@ -571,7 +576,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 d.reason = reason.to_string();
                 d.last_failed_at = self.now;
                 d.position = position;
-                d.body.clone_from(&ev.encoded);
+                d.body = ev.encoding()?;
                 d
             }
             None => {
@@ -586,7 +591,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                     first_failed_at: self.now,
                     last_failed_at: self.now,
                     position,
-                    body: ev.encoded.clone(),
+                    body: ev.encoding()?,
                 }
             }
         };
