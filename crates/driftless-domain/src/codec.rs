@@ -210,6 +210,22 @@ pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError>
         .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), message: e.to_string() })
 }
 
+/// As [`decode`], for a `T` that borrows from `bytes` (a `&str` or `&[u8]` field decodes
+/// without copying).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+    let body = verify(bytes)?;
+    let type_name = std::any::type_name::<T>();
+    let (value, used) = bincode::serde::borrow_decode_from_slice::<T, _>(body, config())
+        .map_err(|e| CodecError::Decode { type_name, message: e.to_string() })?;
+    if used != body.len() {
+        return Err(CodecError::TrailingBytes { type_name, extra: body.len() - used });
+    }
+    Ok(value)
+}
+
 /// As [`decode_prefix`], for a `T` that borrows from `bytes` (a `&[u8]` field decodes
 /// without copying), so that a hot read can look at a stored value without allocating.
 ///

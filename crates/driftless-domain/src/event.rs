@@ -113,6 +113,17 @@ impl<E: Event> PreparedEvent<E> {
         Ok(Self { id: event.event_id(), event, encoded: Some(encoded), hash })
     }
 
+    /// Decodes an event from its stable encoding without keeping the bytes (they are made
+    /// again if they are needed, see [`PreparedEvent::encode_into`]).
+    ///
+    /// # Errors
+    /// [`CodecError`] when the bytes do not decode as `E`.
+    pub fn from_body(body: &[u8]) -> Result<Self, CodecError> {
+        let event: E = codec::stable_decode(body)?;
+        let hash = PayloadHash::of_bytes(body);
+        Ok(Self { id: event.event_id(), event, encoded: None, hash })
+    }
+
     /// Appends the event's stable encoding to `out`: the bytes it came as, or the event
     /// encoded again, which gives the bytes its hash was computed over (the encoding is a
     /// function of the event's value).

@@ -5,7 +5,7 @@ use crate::error::{caller, contain, panic_message, CommitError};
 use crate::registry::Registry;
 use crate::schema::{
     canonical_time, index_key, index_key_into, physical, shadow, DeadLetter, HandlerRecord, IndexRow,
-    IndexRowHead, JournalEntry, ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL,
+    IndexRowHead, ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL,
     JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
 };
 use crate::store::Store;
@@ -14,7 +14,7 @@ use driftless_domain::{
     Timestamp, ViewError, WriteSet,
 };
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -87,13 +87,15 @@ enum Mode {
     Replay,
 }
 
-/// A [`JournalEntry`] written from borrowed parts (same fields, same encoding).
-#[derive(Serialize)]
+/// A [`JournalEntry`](crate::schema::JournalEntry) in borrowed parts (same fields, same encoding).
+#[derive(Serialize, Deserialize)]
 struct JournalEntryRef<'a> {
     position: u64,
+    #[serde(borrow)]
     aggregate_id: &'a str,
     occurred_at: Timestamp,
     accepted_at: Timestamp,
+    #[serde(borrow)]
     body: &'a [u8],
 }
 
@@ -345,22 +347,27 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         // the id's first journal entry, which is never after the position of the delivery
         // first applied. A bit set by the rebuild itself is after that position, since the
         // rebuild moves the position back to where it applied (below).
+        let mut cleared = false;
         if let (Some(slot), Some(r)) = (self.rebuilding, row.as_mut()) {
             if r.has(slot) && (r.position == 0 || known_position <= r.position) {
                 r.clear(slot);
                 if r.is_empty() {
                     row = None;
                 }
-                self.index_overlay.insert(key.clone(), row.clone());
+                cleared = true;
             }
         }
         let was_new = row.is_none();
         if let Some(r) = &row {
             if !r.is_empty() && r.hash != ev.hash.0 {
+                let recorded = r.payload_hash();
+                if cleared {
+                    self.index_overlay.insert(key, row);
+                }
                 return Ok(EventReport {
                     event_id: ev.id.clone(),
                     position: None,
-                    outcome: EventOutcome::Conflict { recorded: r.payload_hash() },
+                    outcome: EventOutcome::Conflict { recorded },
                     handlers: Vec::new(),
                 });
             }
@@ -470,10 +477,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 }
             }
         }
-        if changed {
-            if was_new && needs_id_entry {
-                self.ids_overlay.insert(id.to_string(), ev.event.occurred_at().0);
-            }
+        if changed && was_new && needs_id_entry {
+            self.ids_overlay.insert(id.to_string(), ev.event.occurred_at().0);
+        }
+        if changed || cleared {
             self.index_overlay.insert(key, row);
         }
         if self.mode == Mode::Replay {
@@ -1008,23 +1015,22 @@ impl Store {
                 let mut next = 1u64;
                 while next <= head {
                     let mut last = next;
-                    let entries: Vec<JournalEntry> = {
+                    let entries: Vec<(u64, PreparedEvent<E>)> = {
                         let journal = batch.journal.as_ref().ok_or(CommitError::NoJournal)?;
-                        let mut out = Vec::new();
+                        let mut out = Vec::with_capacity(REPLAY_CHUNK);
                         for item in journal.range(next..=head).map_err(|e| self.fail(e))?.take(REPLAY_CHUNK) {
                             let (k, v) = item.map_err(|e| self.fail(e))?;
                             last = k.value();
-                            out.push(codec::decode(v.value())?);
+                            let entry: JournalEntryRef<'_> = codec::decode_borrowed(v.value())?;
+                            out.push((entry.position, PreparedEvent::from_body(entry.body)?));
                         }
                         out
                     };
                     if entries.is_empty() {
                         break;
                     }
-                    for entry in entries {
-                        let position = entry.position;
-                        let ev = PreparedEvent::<E>::from_encoded(entry.body)?;
-                        let r = batch.process(&ev, position)?;
+                    for (position, ev) in &entries {
+                        let r = batch.process(ev, *position)?;
                         report.count(&r);
                     }
                     batch.flush()?;
