@@ -237,7 +237,7 @@ impl Model {
                 event_id,
                 position: None,
                 outcome: EventOutcome::Conflict { recorded },
-                handlers: Vec::new(),
+                handlers: Vec::new().into(),
             };
         }
         let position = if applied.iter().any(Option::is_none) {
@@ -304,7 +304,7 @@ impl Model {
             };
             assert_eq!(outcome, want, "the handlers and the contract disagree on {id}");
         }
-        EventReport { event_id, position, outcome, handlers }
+        EventReport { event_id, position, outcome, handlers: handlers.into() }
     }
 }
 

@@ -3,8 +3,8 @@
 
 use super::{create, ensure_matches_model, fold, leaderboard_view, options, TestResult};
 use driftless::{
-    ApplyError, Engine, EventOutcome, HandlerName, HandlerOutcome, ManualClock, ProjectionContext, Projector,
-    TableDef, TableId, Timestamp, Views,
+    ApplyError, Engine, EventOutcome, HandlerName, HandlerOutcome, HandlerOutcomes, ManualClock,
+    ProjectionContext, Projector, TableDef, TableId, Timestamp, Views,
 };
 use driftless_listings::{
     projectors, ListingEvent, ListingModel, DISTRICT_STATS_HANDLER, LISTING_CARD_HANDLER,
@@ -65,12 +65,12 @@ fn ensure_panic_dead_lettered(
     engine: &Engine<ListingEvent>,
     event: &ListingEvent,
     outcome: &EventOutcome,
-    handlers: &[(usize, HandlerOutcome)],
+    handlers: &HandlerOutcomes,
 ) -> TestResult {
     ensure_eq!(*outcome, EventOutcome::Applied, "the outcome of {}", event.event_id);
     let panicky = engine.handlers().iter().position(|h| h == "panicky").ok_or("no panicky handler")?;
-    match handlers.iter().find(|(i, _)| *i == panicky) {
-        Some((_, HandlerOutcome::DeadLettered { reason })) => {
+    match handlers.get(panicky) {
+        Some(HandlerOutcome::DeadLettered { reason }) => {
             ensure!(reason.contains("panicked"), "the reason says it panicked: {reason}");
         }
         other => return Err(format!("the panicking handler's outcome: {other:?}").into()),

@@ -12,7 +12,7 @@ use super::support::{
 use driftless_domain::{
     EventId, HandlerName, InMemoryOffsetStore, OffsetStore, PayloadHash, PreparedEvent, Timestamp,
 };
-use driftless_storage::{EventOutcome, EventReport, HandlerOutcome, Registry, Store};
+use driftless_storage::{EventOutcome, EventReport, HandlerOutcome, HandlerOutcomes, Registry, Store};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -178,7 +178,7 @@ impl Model {
                 event_id: ev.id.clone(),
                 position: None,
                 outcome: EventOutcome::Conflict { recorded: other },
-                handlers: Vec::new(),
+                handlers: HandlerOutcomes::default(),
             });
         }
         let position = if recorded.iter().any(Option::is_none) {
@@ -196,7 +196,12 @@ impl Model {
             };
             handlers.push((i, outcome));
         }
-        Ok(EventReport { event_id: ev.id.clone(), position, outcome: summary(&handlers), handlers })
+        Ok(EventReport {
+            event_id: ev.id.clone(),
+            position,
+            outcome: summary(&handlers),
+            handlers: handlers.into(),
+        })
     }
 
     /// A dead-letter retry: the stored event delivered again, through every handler (the

@@ -2,6 +2,7 @@
 //! write transaction, with exactly-once bookkeeping per (event, handler).
 
 use crate::error::{caller, contain, panic_message, CommitError};
+use crate::outcomes::HandlerOutcomes;
 use crate::registry::Registry;
 use crate::schema::{
     canonical_time, index_key, index_key_into, physical, shadow, DeadLetter, HandlerRecord, IndexRow,
@@ -67,7 +68,7 @@ pub struct EventReport {
     /// The overall outcome.
     pub outcome: EventOutcome,
     /// Per handler, by index in the registry.
-    pub handlers: Vec<(usize, HandlerOutcome)>,
+    pub handlers: HandlerOutcomes,
 }
 
 /// The report of one committed batch.
@@ -133,6 +134,8 @@ struct Batch<'t, 'r, E> {
     subset: Vec<usize>,
     /// The index-row bit of each handler in `subset`.
     slots: Vec<u32>,
+    /// `subset` as a range, when it is one (every handler, for new deliveries).
+    subset_range: Option<std::ops::Range<usize>>,
     records: Vec<HandlerRecord>,
     original_records: Vec<HandlerRecord>,
     wrote: bool,
@@ -236,11 +239,16 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             }
         }
         let slots = subset.iter().filter_map(|&i| reg.handlers.get(i).map(|h| h.slot)).collect();
+        let subset_range = match (subset.first(), subset.last()) {
+            (Some(&first), Some(&last)) if last - first + 1 == subset.len() => Some(first..last + 1),
+            _ => None,
+        };
         Ok(Self {
             store,
             reg,
             subset,
             slots,
+            subset_range,
             original_records: records.clone(),
             records,
             wrote: false,
@@ -337,7 +345,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 event_id: ev.id.clone(),
                 position: None,
                 outcome: EventOutcome::Duplicate,
-                handlers: self.subset.iter().map(|&i| (i, HandlerOutcome::Duplicate)).collect(),
+                handlers: match &self.subset_range {
+                    Some(all) => HandlerOutcomes::same(all.clone(), HandlerOutcome::Duplicate),
+                    None => self.subset.iter().map(|&i| (i, HandlerOutcome::Duplicate)).collect(),
+                },
             });
         }
         let id = ev.id.as_str();
@@ -368,7 +379,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                     event_id: ev.id.clone(),
                     position: None,
                     outcome: EventOutcome::Conflict { recorded },
-                    handlers: Vec::new(),
+                    handlers: HandlerOutcomes::default(),
                 });
             }
         }
@@ -492,7 +503,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             event_id: ev.id.clone(),
             position,
             outcome: summarize(&outcomes),
-            handlers: outcomes,
+            handlers: outcomes.into(),
         })
     }
 

@@ -50,6 +50,7 @@
 
 mod commit;
 mod error;
+mod outcomes;
 mod read;
 mod registry;
 mod schema;
@@ -59,6 +60,7 @@ pub use commit::{
     BatchReport, EventOutcome, EventReport, HandlerOutcome, ReplayReport, AGGREGATE_FILING_MAX,
 };
 pub use error::{CommitError, OpenError, Poisoned, ReadError, RegisterError, StorageFailure};
+pub use outcomes::{HandlerOutcomes, HandlerOutcomesIter};
 pub use read::{RawRow, ReadAnswer, ReadRepository, TableFigures, ValueScan};
 pub use registry::{RegisteredHandler, Registry};
 pub use schema::{
