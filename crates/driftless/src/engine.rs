@@ -424,6 +424,8 @@ impl Receipt {
 #[must_use = "a receipt says whether the events were applied; wait on it or drop it knowingly"]
 pub struct BatchReceipt {
     parts: Vec<Receiver<Delivered>>,
+    /// Events in all parts.
+    events: usize,
 }
 
 impl BatchReceipt {
@@ -433,7 +435,7 @@ impl BatchReceipt {
     /// [`NotCommitted`] when any part failed to commit or the engine stopped first (other
     /// parts may have committed: their effects stand and re-delivery is safe).
     pub fn wait(self) -> Result<Vec<EventReport>, NotCommitted> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.events);
         for rx in self.parts {
             out.extend(rx.recv().map_err(|_| NotCommitted::EngineStopped)?.reports?);
         }
@@ -589,12 +591,13 @@ impl<E: Event> Engine<E> {
     /// queued, that part is still committed.
     pub fn dispatch_batch(&self, events: impl IntoIterator<Item = E>) -> Result<BatchReceipt, DispatchError> {
         let max = self.shared.options.max_batch_events;
-        let mut parts = Vec::new();
+        let (mut parts, mut sent) = (Vec::new(), 0);
         let capacity = max.min(1024);
         let mut chunk = Vec::with_capacity(capacity);
         for event in events {
             chunk.push(PreparedEvent::new(event)?);
             if chunk.len() >= max {
+                sent += chunk.len();
                 let (reply, rx) = bounded(1);
                 // A full-size buffer for the next message, so it does not grow by copying.
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(capacity));
@@ -603,11 +606,12 @@ impl<E: Event> Engine<E> {
             }
         }
         if !chunk.is_empty() {
+            sent += chunk.len();
             let (reply, rx) = bounded(1);
             self.send(Msg::Events { events: chunk, reply })?;
             parts.push(rx);
         }
-        Ok(BatchReceipt { parts })
+        Ok(BatchReceipt { parts, events: sent })
     }
 
     /// Waits until every event queued before this call is committed (or failed).
