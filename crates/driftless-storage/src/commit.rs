@@ -127,6 +127,23 @@ impl CommittedRows for Committed<'_, '_> {
     }
 }
 
+/// What [`Batch::lookup`] found.
+enum Lookup {
+    /// A stored row that every handler of the batch applied with the event's payload.
+    AppliedByAll,
+    /// The row, if there is one.
+    Row(Option<IndexRow>),
+}
+
+/// What [`Batch::locate`] found.
+enum Located {
+    /// As [`Lookup::AppliedByAll`].
+    AppliedByAll,
+    /// The row's key, the row if there is one, and whether a new row needs an `event_ids`
+    /// entry.
+    Row { key: Vec<u8>, row: Option<IndexRow>, needs_id_entry: bool },
+}
+
 /// The open tables and buffered writes of one write transaction.
 struct Batch<'t, 'r, E> {
     store: &'t Store,
@@ -279,57 +296,61 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         })
     }
 
-    fn row_at(&self, key: &[u8]) -> Result<Option<IndexRow>, CommitError> {
-        if let Some(row) = self.index_overlay.get(key) {
-            return Ok(row.clone());
+    /// The index row at the key in `self.key`: the batch's own version, or the stored one.
+    /// With `check_applied`, a stored row is first read in place, and a row that every
+    /// handler of the batch applied with `ev`'s payload is reported as such without being
+    /// decoded: a re-delivery, the most common event to see twice, costs one lookup and no
+    /// allocation. (Rows this batch changed go the full way.)
+    fn lookup(&self, ev: &PreparedEvent<E>, check_applied: bool) -> Result<Lookup, CommitError> {
+        if let Some(row) = self.index_overlay.get(self.key.as_slice()) {
+            return Ok(Lookup::Row(row.clone()));
         }
-        decode_opt(self.index.get(key).map_err(|e| self.store.fail(e))?)
-    }
-
-    /// Finds the index row of `id`: where it is filed, the row, and whether a new row filed
-    /// at `occurred_at` needs an `event_ids` entry to be found again.
-    fn locate(&self, id: &str, occurred_at: u64) -> Result<(Vec<u8>, Option<IndexRow>, bool), CommitError> {
-        let explicit = match self.ids_overlay.get(id) {
-            Some(t) => Some(*t),
-            None if self.has_explicit_ids => decode_opt(self.ids.get(id).map_err(|e| self.store.fail(e))?)?,
-            None => None,
+        let Some(stored) = self.index.get(self.key.as_slice()).map_err(|e| self.store.fail(e))? else {
+            return Ok(Lookup::Row(None));
         };
-        if let Some(t) = explicit {
-            let key = index_key(t, id);
-            let row = self.row_at(&key)?;
-            return Ok((key, row, false));
-        }
-        let canonical = canonical_time(id);
-        if let Some(t) = canonical {
-            let key = index_key(t, id);
-            if let Some(row) = self.row_at(&key)? {
-                return Ok((key, Some(row), false));
+        if check_applied {
+            let head: IndexRowHead<'_> = codec::decode_prefix_borrowed(stored.value())?;
+            if head.hash == ev.hash.0 && self.slots.iter().all(|&slot| head.has(slot)) {
+                return Ok(Lookup::AppliedByAll);
             }
         }
-        Ok((index_key(occurred_at, id), None, canonical != Some(occurred_at)))
+        Ok(Lookup::Row(Some(codec::decode(stored.value())?)))
     }
 
-    /// Whether `ev` is a re-delivery that every handler of the batch applied with the same
-    /// payload, as the stored index says (rows this batch changed are left to
-    /// [`Batch::process`]). Reads the stored row in place: a re-delivery, the most common
-    /// event to see twice, costs one lookup and no allocation.
-    fn applied_by_all(&mut self, ev: &PreparedEvent<E>) -> Result<bool, CommitError> {
+    /// Finds the index row of `ev`'s id: where it is filed, the row, and whether a new row
+    /// filed at its `occurred_at` needs an `event_ids` entry to be found again. With
+    /// `check_applied`, see [`Batch::lookup`].
+    fn locate(&mut self, ev: &PreparedEvent<E>, check_applied: bool) -> Result<Located, CommitError> {
         let id = ev.id.as_str();
         let explicit = match self.ids_overlay.get(id) {
             Some(t) => Some(*t),
             None if self.has_explicit_ids => decode_opt(self.ids.get(id).map_err(|e| self.store.fail(e))?)?,
             None => None,
         };
-        let Some(filed_at) = explicit.or_else(|| canonical_time(id)) else { return Ok(false) };
-        index_key_into(filed_at, id, &mut self.key);
-        if self.index_overlay.contains_key(self.key.as_slice()) {
-            return Ok(false);
+        if let Some(t) = explicit {
+            index_key_into(t, id, &mut self.key);
+            return Ok(match self.lookup(ev, check_applied)? {
+                Lookup::AppliedByAll => Located::AppliedByAll,
+                Lookup::Row(row) => Located::Row { key: self.key.clone(), row, needs_id_entry: false },
+            });
         }
-        let Some(stored) = self.index.get(self.key.as_slice()).map_err(|e| self.store.fail(e))? else {
-            return Ok(false);
-        };
-        let head: IndexRowHead<'_> = codec::decode_prefix_borrowed(stored.value())?;
-        Ok(head.hash == ev.hash.0 && self.slots.iter().all(|&slot| head.has(slot)))
+        let canonical = canonical_time(id);
+        if let Some(t) = canonical {
+            index_key_into(t, id, &mut self.key);
+            match self.lookup(ev, check_applied)? {
+                Lookup::AppliedByAll => return Ok(Located::AppliedByAll),
+                Lookup::Row(Some(row)) => {
+                    return Ok(Located::Row { key: self.key.clone(), row: Some(row), needs_id_entry: false })
+                }
+                Lookup::Row(None) => {}
+            }
+        }
+        let occurred_at = ev.event.occurred_at().0;
+        Ok(Located::Row {
+            key: index_key(occurred_at, id),
+            row: None,
+            needs_id_entry: canonical != Some(occurred_at),
+        })
     }
 
     fn load_dead(&self, handler: &str, id: &str) -> Result<Option<DeadLetter>, CommitError> {
@@ -340,19 +361,21 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     }
 
     fn process(&mut self, ev: &PreparedEvent<E>, known_position: u64) -> Result<EventReport, CommitError> {
-        if self.mode == Mode::Live && self.applied_by_all(ev)? {
-            return Ok(EventReport {
-                event_id: ev.id.clone(),
-                position: None,
-                outcome: EventOutcome::Duplicate,
-                handlers: match &self.subset_range {
-                    Some(all) => HandlerOutcomes::same(all.clone(), HandlerOutcome::Duplicate),
-                    None => self.subset.iter().map(|&i| (i, HandlerOutcome::Duplicate)).collect(),
-                },
-            });
-        }
+        let (key, mut row, needs_id_entry) = match self.locate(ev, self.mode == Mode::Live)? {
+            Located::Row { key, row, needs_id_entry } => (key, row, needs_id_entry),
+            Located::AppliedByAll => {
+                return Ok(EventReport {
+                    event_id: ev.id.clone(),
+                    position: None,
+                    outcome: EventOutcome::Duplicate,
+                    handlers: match &self.subset_range {
+                        Some(all) => HandlerOutcomes::same(all.clone(), HandlerOutcome::Duplicate),
+                        None => self.subset.iter().map(|&i| (i, HandlerOutcome::Duplicate)).collect(),
+                    },
+                })
+            }
+        };
         let id = ev.id.as_str();
-        let (key, mut row, needs_id_entry) = self.locate(id, ev.event.occurred_at().0)?;
         // A rebuild starts the handler afresh without first clearing its bit in every index
         // row (a rewrite of every row): its bit from before the rebuild is cleared here, at
         // the id's first journal entry, which is never after the position of the delivery
@@ -859,17 +882,18 @@ impl Store {
     /// # Errors
     /// [`CommitError`] when the transaction cannot be committed; nothing of the batch is
     /// then written, and storage failures poison the store.
-    pub fn project<E: Event>(
+    pub fn project<'e, E: Event>(
         &self,
         reg: &Registry<E>,
-        events: &[PreparedEvent<E>],
+        events: impl IntoIterator<Item = &'e PreparedEvent<E>>,
         now: Timestamp,
     ) -> Result<BatchReport, CommitError> {
+        let events = events.into_iter();
         self.contain_write("project", || {
             let txn = self.begin_write()?;
             let mut batch =
                 Batch::open(self, &txn, reg, (0..reg.handlers.len()).collect(), Mode::Live, now, false)?;
-            let mut reports = Vec::with_capacity(events.len());
+            let mut reports = Vec::with_capacity(events.size_hint().0);
             for ev in events {
                 reports.push(batch.process(ev, 0)?);
             }

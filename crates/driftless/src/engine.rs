@@ -575,7 +575,7 @@ impl<E: Event> Engine<E> {
             // Under the lock nothing is being committed; with nothing unfinished either, the
             // work at open is done and every event dispatched before this call is committed.
             if shared.unfinished.load(SeqCst) == 0 {
-                let mut reports = commit_events(shared, std::slice::from_ref(&prepared))?;
+                let mut reports = commit_events(shared, std::iter::once(&prepared))?;
                 return reports.pop().ok_or(DispatchWaitError::NotCommitted(NotCommitted::EngineStopped));
             }
         }
@@ -1085,27 +1085,37 @@ fn startup<E: Event>(shared: &Shared<E>) {
 }
 
 fn commit_group<E: Event>(shared: &Shared<E>, group: Vec<(Vec<PreparedEvent<E>>, EventsReply)>) {
-    let mut sizes = Vec::with_capacity(group.len());
-    let mut replies = Vec::with_capacity(group.len());
-    let mut events = Vec::new();
-    for (evs, reply) in group {
-        sizes.push(evs.len());
-        replies.push(reply);
-        // A group of one message, the common case under load, is committed as it came.
-        if events.is_empty() {
-            events = evs;
-        } else {
-            events.extend(evs);
-        }
-    }
-    let mut reports = commit_events(shared, &events);
+    let count = group.iter().map(|(events, _)| events.len()).sum();
+    let events = Counted { inner: group.iter().flat_map(|(events, _)| events), left: count };
+    let mut reports = commit_events(shared, events);
     // Each message gets its reports and its events back, the last message first.
-    for (size, reply) in sizes.into_iter().zip(replies).rev() {
+    for (events, reply) in group.into_iter().rev() {
         let part = match &mut reports {
-            Ok(all) => Ok(take_tail(all, size)),
+            Ok(all) => Ok(take_tail(all, events.len())),
             Err(e) => Err(e.clone()),
         };
-        let _ = reply.send(Delivered { reports: part, _events: Box::new(take_tail(&mut events, size)) });
+        let _ = reply.send(Delivered { reports: part, _events: Box::new(events) });
+    }
+}
+
+/// An iterator that knows how many items it has left (the events of a group, across its
+/// messages), so that the reports are gathered into a vector of the right size.
+struct Counted<I> {
+    inner: I,
+    left: usize,
+}
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next()?;
+        self.left = self.left.saturating_sub(1);
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
     }
 }
 
@@ -1119,14 +1129,15 @@ fn take_tail<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
 }
 
 /// Commits `events` in one transaction; the caller holds the commit lock.
-fn commit_events<E: Event>(
+fn commit_events<'e, E: Event>(
     shared: &Shared<E>,
-    events: &[PreparedEvent<E>],
+    events: impl Iterator<Item = &'e PreparedEvent<E>>,
 ) -> Result<Vec<EventReport>, NotCommitted> {
     if let Some(p) = shared.store.poisoned() {
         return Err(NotCommitted::CommitFailed(p.first_failure));
     }
     let started = Instant::now();
+    let count = events.size_hint().0;
     let result =
         catch_unwind(AssertUnwindSafe(|| shared.store.project(&shared.registry, events, shared.clock.now())));
     let result = match result {
@@ -1142,7 +1153,7 @@ fn commit_events<E: Event>(
         }
     };
     metrics::histogram!("driftless_commit_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("driftless_batch_events").record(events.len() as f64);
+    metrics::histogram!("driftless_batch_events").record(count as f64);
     if let Ok(reports) = &result {
         count_outcomes(reports);
     }
