@@ -12,6 +12,7 @@ use driftless_storage::{
     ReplayReport, Store, StoreOptions,
 };
 use parking_lot::Mutex;
+use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -344,8 +345,9 @@ impl<E: Event> Shared<E> {
 
 type Reply<T> = Sender<T>;
 
-/// Where the writer sends the reports of one dispatch message.
-type EventsReply = Reply<Delivered>;
+/// Where the writer sends the reports of one dispatch message: a one-shot channel, which
+/// costs the writer one store and one wake-up per message.
+type EventsReply = oneshot::Sender<Delivered>;
 
 /// What the writer sends back for one dispatch message: the reports, and the events
 /// themselves, so that the thread that made them frees them. (Memory freed on another
@@ -354,6 +356,12 @@ type EventsReply = Reply<Delivered>;
 struct Delivered {
     reports: Result<Vec<EventReport>, NotCommitted>,
     _events: Box<dyn Send>,
+}
+
+impl fmt::Debug for Delivered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivered").field("reports", &self.reports).finish_non_exhaustive()
+    }
 }
 
 enum Command {
@@ -392,7 +400,7 @@ impl<E> Msg<E> {
 #[derive(Debug)]
 #[must_use = "a receipt says whether the event was applied; wait on it or drop it knowingly"]
 pub struct Receipt {
-    rx: Receiver<Delivered>,
+    rx: oneshot::Receiver<Delivered>,
 }
 
 impl Receipt {
@@ -413,8 +421,8 @@ impl Receipt {
         match self.rx.recv_timeout(timeout).map(|d| d.reports) {
             Ok(Ok(mut reports)) => reports.pop().ok_or(Err(NotCommitted::EngineStopped)),
             Ok(Err(e)) => Err(Err(e)),
-            Err(RecvTimeoutError::Timeout) => Err(Ok(self)),
-            Err(RecvTimeoutError::Disconnected) => Err(Err(NotCommitted::EngineStopped)),
+            Err(oneshot::RecvTimeoutError::Timeout) => Err(Ok(self)),
+            Err(oneshot::RecvTimeoutError::Disconnected) => Err(Err(NotCommitted::EngineStopped)),
         }
     }
 }
@@ -423,7 +431,7 @@ impl Receipt {
 #[derive(Debug)]
 #[must_use = "a receipt says whether the events were applied; wait on it or drop it knowingly"]
 pub struct BatchReceipt {
-    parts: Vec<Receiver<Delivered>>,
+    parts: Vec<oneshot::Receiver<Delivered>>,
     /// Events in all parts.
     events: usize,
 }
@@ -549,7 +557,7 @@ impl<E: Event> Engine<E> {
     /// shut down or poisoned, or the event cannot be encoded.
     pub fn dispatch(&self, event: E) -> Result<Receipt, DispatchError> {
         let prepared = PreparedEvent::new(event)?;
-        let (reply, rx) = bounded(1);
+        let (reply, rx) = oneshot::channel();
         self.send(Msg::Events { events: vec![prepared], reply })?;
         Ok(Receipt { rx })
     }
@@ -579,7 +587,7 @@ impl<E: Event> Engine<E> {
                 return reports.pop().ok_or(DispatchWaitError::NotCommitted(NotCommitted::EngineStopped));
             }
         }
-        let (reply, rx) = bounded(1);
+        let (reply, rx) = oneshot::channel();
         self.send(Msg::Events { events: vec![prepared], reply })?;
         Ok(Receipt { rx }.wait()?)
     }
@@ -598,7 +606,7 @@ impl<E: Event> Engine<E> {
             chunk.push(PreparedEvent::new(event)?);
             if chunk.len() >= max {
                 sent += chunk.len();
-                let (reply, rx) = bounded(1);
+                let (reply, rx) = oneshot::channel();
                 // A full-size buffer for the next message, so it does not grow by copying.
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(capacity));
                 self.send(Msg::Events { events: full, reply })?;
@@ -607,7 +615,7 @@ impl<E: Event> Engine<E> {
         }
         if !chunk.is_empty() {
             sent += chunk.len();
-            let (reply, rx) = bounded(1);
+            let (reply, rx) = oneshot::channel();
             self.send(Msg::Events { events: chunk, reply })?;
             parts.push(rx);
         }
