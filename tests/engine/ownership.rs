@@ -18,12 +18,6 @@ type DropLog = Arc<Mutex<Vec<String>>>;
 #[derive(Debug, Default)]
 struct Probe(Option<DropLog>);
 
-impl Clone for Probe {
-    fn clone(&self) -> Self {
-        Self(None)
-    }
-}
-
 impl Drop for Probe {
     fn drop(&mut self) {
         if let Some(log) = &self.0 {
@@ -32,7 +26,7 @@ impl Drop for Probe {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Traced {
     key: String,
     at: u64,

@@ -19,7 +19,7 @@
 //! gigabytes is refused without allocating them. bincode is pinned to 2.0.1 and used nowhere
 //! else in driftless.
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
 /// The envelope version this build writes: an XXH3-64 checksum.
 pub const ENVELOPE_VERSION: u8 = 2;
@@ -189,49 +189,24 @@ pub fn verify(bytes: &[u8]) -> Result<&[u8], CodecError> {
     Ok(body)
 }
 
-/// Decodes a checksummed envelope written by [`encode`].
+/// Decodes a checksummed envelope written by [`encode`]. `T` may borrow from `bytes` (a
+/// `&str` or `&[u8]` field then decodes without copying).
 ///
 /// # Errors
 /// Any [`CodecError`] except `Encode`: never a panic, and never an allocation larger than
 /// [`MAX_BODY_LEN`], whatever the input.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
     stable_decode(verify(bytes)?)
 }
 
 /// Checks an envelope and decodes only the leading fields of its body as `T`, ignoring
-/// the rest (a struct whose fields are a prefix of the stored struct's fields).
+/// the rest (a struct whose fields are a prefix of the stored struct's fields). As with
+/// [`decode`], `T` may borrow from `bytes`, so that a hot read can look at a stored value
+/// without allocating.
 ///
 /// # Errors
 /// As [`decode`], except that trailing bytes are allowed.
-pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let body = verify(bytes)?;
-    bincode::serde::decode_from_slice::<T, _>(body, config())
-        .map(|(value, _)| value)
-        .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), message: e.to_string() })
-}
-
-/// As [`decode`], for a `T` that borrows from `bytes` (a `&str` or `&[u8]` field decodes
-/// without copying).
-///
-/// # Errors
-/// As [`decode`].
-pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
-    let body = verify(bytes)?;
-    let type_name = std::any::type_name::<T>();
-    let (value, used) = bincode::serde::borrow_decode_from_slice::<T, _>(body, config())
-        .map_err(|e| CodecError::Decode { type_name, message: e.to_string() })?;
-    if used != body.len() {
-        return Err(CodecError::TrailingBytes { type_name, extra: body.len() - used });
-    }
-    Ok(value)
-}
-
-/// As [`decode_prefix`], for a `T` that borrows from `bytes` (a `&[u8]` field decodes
-/// without copying), so that a hot read can look at a stored value without allocating.
-///
-/// # Errors
-/// As [`decode_prefix`].
-pub fn decode_prefix_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
+pub fn decode_prefix<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
     let body = verify(bytes)?;
     bincode::serde::borrow_decode_from_slice::<T, _>(body, config())
         .map(|(value, _)| value)
@@ -260,16 +235,16 @@ pub fn stable_encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecE
 }
 
 /// Decodes bytes written by [`stable_encode_into`], with the size limit and a check that
-/// every byte was used.
+/// every byte was used. `T` may borrow from `body`.
 ///
 /// # Errors
 /// [`CodecError::Decode`] or [`CodecError::TrailingBytes`].
-pub fn stable_decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+pub fn stable_decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
     let type_name = std::any::type_name::<T>();
     if body.len() > MAX_BODY_LEN {
         return Err(CodecError::TooLarge { len: body.len() });
     }
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
+    let (value, used) = bincode::serde::borrow_decode_from_slice::<T, _>(body, config())
         .map_err(|e| CodecError::Decode { type_name, message: e.to_string() })?;
     if used != body.len() {
         return Err(CodecError::TrailingBytes { type_name, extra: body.len() - used });

@@ -108,9 +108,8 @@ impl<E: Event> PreparedEvent<E> {
     /// # Errors
     /// [`CodecError`] when the bytes do not decode as `E`.
     pub fn from_encoded(encoded: Vec<u8>) -> Result<Self, CodecError> {
-        let event: E = codec::stable_decode(&encoded)?;
-        let hash = PayloadHash::of_bytes(&encoded);
-        Ok(Self { id: event.event_id(), event, encoded: Some(encoded), hash })
+        let prepared = Self::from_body(&encoded)?;
+        Ok(Self { encoded: Some(encoded), ..prepared })
     }
 
     /// Decodes an event from its stable encoding without keeping the bytes (they are made

@@ -151,8 +151,6 @@ struct Batch<'t, 'r, E> {
     subset: Vec<usize>,
     /// The index-row bit of each handler in `subset`.
     slots: Vec<u32>,
-    /// `subset` as a range, when it is one (every handler, for new deliveries).
-    subset_range: Option<std::ops::Range<usize>>,
     records: Vec<HandlerRecord>,
     original_records: Vec<HandlerRecord>,
     wrote: bool,
@@ -256,16 +254,11 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             }
         }
         let slots = subset.iter().filter_map(|&i| reg.handlers.get(i).map(|h| h.slot)).collect();
-        let subset_range = match (subset.first(), subset.last()) {
-            (Some(&first), Some(&last)) if last - first + 1 == subset.len() => Some(first..last + 1),
-            _ => None,
-        };
         Ok(Self {
             store,
             reg,
             subset,
             slots,
-            subset_range,
             original_records: records.clone(),
             records,
             wrote: false,
@@ -309,7 +302,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             return Ok(Lookup::Row(None));
         };
         if check_applied {
-            let head: IndexRowHead<'_> = codec::decode_prefix_borrowed(stored.value())?;
+            let head: IndexRowHead<'_> = codec::decode_prefix(stored.value())?;
             if head.hash == ev.hash.0 && self.slots.iter().all(|&slot| head.has(slot)) {
                 return Ok(Lookup::AppliedByAll);
             }
@@ -368,10 +361,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                     event_id: ev.id.clone(),
                     position: None,
                     outcome: EventOutcome::Duplicate,
-                    handlers: match &self.subset_range {
-                        Some(all) => HandlerOutcomes::same(all.clone(), HandlerOutcome::Duplicate),
-                        None => self.subset.iter().map(|&i| (i, HandlerOutcome::Duplicate)).collect(),
-                    },
+                    handlers: HandlerOutcomes::same_for(&self.subset, HandlerOutcome::Duplicate),
                 })
             }
         };
@@ -1056,7 +1046,7 @@ impl Store {
                         for item in journal.range(next..=head).map_err(|e| self.fail(e))?.take(REPLAY_CHUNK) {
                             let (k, v) = item.map_err(|e| self.fail(e))?;
                             last = k.value();
-                            let entry: JournalEntryRef<'_> = codec::decode_borrowed(v.value())?;
+                            let entry: JournalEntryRef<'_> = codec::decode(v.value())?;
                             out.push((entry.position, PreparedEvent::from_body(entry.body)?));
                         }
                         out

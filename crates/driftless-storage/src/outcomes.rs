@@ -42,6 +42,18 @@ impl HandlerOutcomes {
         Self(Repr::Same { handlers, outcome })
     }
 
+    /// The same `outcome` for every handler of `handlers` (indices in increasing order):
+    /// without allocating when they are a run of consecutive indices, as every handler's are.
+    #[must_use]
+    pub fn same_for(handlers: &[usize], outcome: HandlerOutcome) -> Self {
+        match (handlers.first(), handlers.last()) {
+            (Some(&first), Some(&last)) if last.checked_sub(first) == Some(handlers.len() - 1) => {
+                Self::same(first..last + 1, outcome)
+            }
+            _ => handlers.iter().map(|&i| (i, outcome.clone())).collect(),
+        }
+    }
+
     /// The `(handler index, outcome)` pairs, in index order.
     #[must_use]
     pub fn iter(&self) -> HandlerOutcomesIter<'_> {
@@ -158,6 +170,13 @@ mod tests {
         let none = HandlerOutcomes::default();
         assert!(none.is_empty());
         assert_eq!(none, HandlerOutcomes::same(0..0, HandlerOutcome::Applied));
+        assert_eq!(HandlerOutcomes::same_for(&[2, 3], HandlerOutcome::Duplicate), each);
+        let gapped = HandlerOutcomes::same_for(&[1, 3], HandlerOutcome::Applied);
+        assert_eq!(
+            gapped.iter().collect::<Vec<_>>(),
+            [(1, &HandlerOutcome::Applied), (3, &HandlerOutcome::Applied)]
+        );
+        assert!(HandlerOutcomes::same_for(&[], HandlerOutcome::Applied).is_empty());
         let pairs: Vec<(usize, &HandlerOutcome)> = (&each).into_iter().collect();
         assert_eq!(pairs, [(2, &HandlerOutcome::Duplicate), (3, &HandlerOutcome::Duplicate)]);
     }

@@ -286,7 +286,7 @@ mod tests {
         row.set(9, 6);
         row.set(17, 5);
         let bytes = codec::encode(&row)?;
-        let head: IndexRowHead<'_> = codec::decode_prefix_borrowed(&bytes)?;
+        let head: IndexRowHead<'_> = codec::decode_prefix(&bytes)?;
         assert_eq!(head.hash, row.hash);
         assert_eq!(head.applied, row.applied.as_slice());
         for slot in 0..40 {
@@ -296,7 +296,7 @@ mod tests {
         if let Some(b) = damaged.get_mut(12) {
             *b ^= 1;
         }
-        assert!(codec::decode_prefix_borrowed::<IndexRowHead<'_>>(&damaged).is_err());
+        assert!(codec::decode_prefix::<IndexRowHead<'_>>(&damaged).is_err());
         Ok(())
     }
 
