@@ -93,11 +93,14 @@ fn dispatched_events_are_freed_on_the_thread_that_dispatched_them() -> TestResul
             // A batch of several messages, then single events (dispatched, and dispatched
             // and waited for), then the whole batch again (re-deliveries).
             let text = |e: &dyn std::error::Error| e.to_string();
-            let first = engine
-                .dispatch_batch(traced(&log, 300))
-                .map_err(|e| text(&e))?
-                .wait()
-                .map_err(|e| text(&e))?;
+            let batch = traced(&log, 300);
+            let ids: Vec<_> = batch.iter().map(Event::event_id).collect();
+            let first = engine.dispatch_batch(batch).map_err(|e| text(&e))?.wait().map_err(|e| text(&e))?;
+            // Answers taken while the batch was still being dispatched keep their place.
+            let got: Vec<_> = first.iter().map(|r| r.event_id.clone()).collect();
+            if let Some(at) = (0..ids.len().max(got.len())).find(|&i| got.get(i) != ids.get(i)) {
+                return Err(format!("report {at} of the batch is {:?}, not {:?}", got.get(at), ids.get(at)));
+            }
             let mut singles = Vec::new();
             for e in traced(&log, 5) {
                 let receipt = engine.dispatch(Traced { at: e.at + 10_000, ..e }).map_err(|e| text(&e))?;

@@ -1,6 +1,8 @@
 //! Validated identifiers: event ids, handler names, read-model names and timestamps.
 
-use std::fmt;
+use arrayvec::ArrayString;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 
 /// Milliseconds since the Unix epoch, UTC.
 #[derive(
@@ -104,39 +106,125 @@ fn check_name(what: &'static str, value: &str, max: usize, reserved: &[char]) ->
 /// ([`EventId::derive`]); an event type may override it. Two events of one aggregate with
 /// the same name in the same millisecond derive the same id: driftless then reports the
 /// second as a conflict (its payload hash differs) rather than silently skipping it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct EventId(String);
+///
+/// An id of up to [`EventId::INLINE_LEN`] bytes is kept inside the value, without an
+/// allocation of its own; default ids are usually that short. Equality, order and hash are
+/// those of the text ([`EventId::as_str`]), and serde reads and writes it as a string.
+#[derive(Clone)]
+pub struct EventId(IdRepr);
+
+#[derive(Clone)]
+enum IdRepr {
+    Inline(ArrayString<{ EventId::INLINE_LEN }>),
+    Heap(Box<str>),
+}
+
+/// The empty id. [`EventId::new`] refuses it and no event carries it: it stands in for an
+/// id that was moved elsewhere (as with `std::mem::take`), and allocates nothing.
+impl Default for EventId {
+    fn default() -> Self {
+        Self(IdRepr::Inline(ArrayString::new_const()))
+    }
+}
 
 impl EventId {
     /// The most bytes an event id may have.
     pub const MAX_LEN: usize = 1024;
 
+    /// The most bytes an id is kept in without an allocation.
+    pub const INLINE_LEN: usize = 48;
+
     /// Validates an explicit event id: 1 to [`Self::MAX_LEN`] bytes, no control characters.
     ///
     /// # Errors
     /// [`NameError`] when the id is empty, too long or holds a control character.
-    pub fn new(id: impl Into<String>) -> Result<Self, NameError> {
+    pub fn new<'a>(id: impl Into<Cow<'a, str>>) -> Result<Self, NameError> {
         let id = id.into();
         check_name("an event id", &id, Self::MAX_LEN, &[])?;
-        Ok(Self(id))
+        Ok(Self::from_text(id))
     }
 
     /// The default id, `"{aggregate_id}:{occurred_at_millis}:{event_name}"`.
     #[must_use]
     pub fn derive(aggregate_id: &str, occurred_at: Timestamp, event_name: &str) -> Self {
-        Self(format!("{aggregate_id}:{}:{event_name}", occurred_at.0))
+        let mut inline = ArrayString::new();
+        if write!(inline, "{aggregate_id}:{}:{event_name}", occurred_at.0).is_ok() {
+            return Self(IdRepr::Inline(inline));
+        }
+        Self(IdRepr::Heap(format!("{aggregate_id}:{}:{event_name}", occurred_at.0).into_boxed_str()))
     }
 
     /// The id as text.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            IdRepr::Inline(s) => s.as_str(),
+            IdRepr::Heap(s) => s,
+        }
+    }
+
+    /// Keeps `text` inside the value when it is short enough (text already checked).
+    fn from_text(text: Cow<'_, str>) -> Self {
+        match ArrayString::from(&text) {
+            Ok(inline) => Self(IdRepr::Inline(inline)),
+            Err(_) => Self(IdRepr::Heap(text.into_owned().into_boxed_str())),
+        }
     }
 }
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("EventId").field(&self.as_str()).finish()
+    }
+}
+
+impl PartialEq for EventId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for EventId {}
+
+impl PartialOrd for EventId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EventId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl std::hash::Hash for EventId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+/// The form serde reads and writes: a newtype around the text, as a `String` field gives.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename = "EventId")]
+struct IdWire<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl serde::Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        IdWire(Cow::Borrowed(self.as_str())).serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // As before, the text is taken as it is: stored ids were checked when first made.
+        IdWire::deserialize(deserializer).map(|wire| Self::from_text(wire.0))
     }
 }
 
@@ -218,6 +306,56 @@ mod tests {
         assert!(EventId::new("").is_err());
         assert!(EventId::new("x".repeat(EventId::MAX_LEN + 1)).is_err());
         assert!(EventId::new("tab\there").is_err());
+    }
+
+    /// Ids either side of the inline length, as the two representations hold them.
+    fn ids_around_the_inline_length() -> Result<Vec<EventId>, NameError> {
+        let n = EventId::INLINE_LEN;
+        ["a".repeat(n - 1), "a".repeat(n), "a".repeat(n + 1), "b".repeat(n), "é".repeat(n)]
+            .into_iter()
+            .map(EventId::new)
+            .collect()
+    }
+
+    #[test]
+    fn long_and_short_ids_compare_hash_and_show_as_their_text() -> Result<(), NameError> {
+        use std::collections::hash_map::DefaultHasher;
+        use std::hash::{Hash, Hasher};
+        fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
+            let mut h = DefaultHasher::new();
+            v.hash(&mut h);
+            h.finish()
+        }
+        let ids = ids_around_the_inline_length()?;
+        for a in &ids {
+            assert_eq!(hash_of(a), hash_of(a.as_str()), "{a}");
+            assert_eq!(format!("{a:?}"), format!("EventId({:?})", a.as_str()));
+            assert_eq!(a.to_string(), a.as_str());
+            for b in &ids {
+                assert_eq!(a == b, a.as_str() == b.as_str(), "{a} {b}");
+                assert_eq!(a.cmp(b), a.as_str().cmp(b.as_str()), "{a} {b}");
+            }
+        }
+        let derived = EventId::derive(&"x".repeat(60), Timestamp(5), "Name");
+        assert_eq!(derived.as_str(), format!("{}:5:Name", "x".repeat(60)));
+        assert_eq!(EventId::default().as_str(), "");
+        Ok(())
+    }
+
+    #[test]
+    fn ids_encode_exactly_as_the_string_they_hold() -> Result<(), Box<dyn std::error::Error>> {
+        for id in ids_around_the_inline_length()? {
+            let text = id.as_str().to_string();
+            let bytes = crate::codec::stable_encode(&id)?;
+            assert_eq!(bytes, crate::codec::stable_encode(&text)?);
+            assert_eq!(crate::codec::stable_decode::<EventId>(&bytes)?, id);
+            let json = serde_json::to_string(&id)?;
+            assert_eq!(json, serde_json::to_string(&text)?);
+            assert_eq!(serde_json::from_str::<EventId>(&json)?, id);
+            // An escaped JSON string cannot be borrowed: it decodes all the same.
+            assert_eq!(serde_json::from_str::<EventId>(r#""a\u0041""#)?.as_str(), "aA");
+        }
+        Ok(())
     }
 
     #[test]

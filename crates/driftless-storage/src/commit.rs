@@ -71,6 +71,51 @@ pub struct EventReport {
     pub handlers: HandlerOutcomes,
 }
 
+/// An event's outcome in a batch, before its report is given the event's id.
+struct Processed {
+    position: Option<u64>,
+    outcome: EventOutcome,
+    handlers: HandlerOutcomes,
+}
+
+impl Processed {
+    fn report(self, event_id: EventId) -> EventReport {
+        EventReport { event_id, position: self.position, outcome: self.outcome, handlers: self.handlers }
+    }
+}
+
+/// An event handed to [`Store::project`], and where its report's id comes from.
+///
+/// A shared reference gives its report a copy of the id. A mutable reference hands the id
+/// over to the report and leaves the event with the empty id ([`EventId::default`]): the
+/// way to project events that are dropped afterwards, which spares copying every id.
+pub trait Delivery<E> {
+    /// The event.
+    fn event(&self) -> &PreparedEvent<E>;
+    /// The id its report carries.
+    fn into_id(self) -> EventId;
+}
+
+impl<E> Delivery<E> for &PreparedEvent<E> {
+    fn event(&self) -> &PreparedEvent<E> {
+        self
+    }
+
+    fn into_id(self) -> EventId {
+        self.id.clone()
+    }
+}
+
+impl<E> Delivery<E> for &mut PreparedEvent<E> {
+    fn event(&self) -> &PreparedEvent<E> {
+        self
+    }
+
+    fn into_id(self) -> EventId {
+        std::mem::take(&mut self.id)
+    }
+}
+
 /// The report of one committed batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchReport {
@@ -353,12 +398,11 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         decode_opt(self.dead.get((handler, id)).map_err(|e| self.store.fail(e))?)
     }
 
-    fn process(&mut self, ev: &PreparedEvent<E>, known_position: u64) -> Result<EventReport, CommitError> {
+    fn process(&mut self, ev: &PreparedEvent<E>, known_position: u64) -> Result<Processed, CommitError> {
         let (key, mut row, needs_id_entry) = match self.locate(ev, self.mode == Mode::Live)? {
             Located::Row { key, row, needs_id_entry } => (key, row, needs_id_entry),
             Located::AppliedByAll => {
-                return Ok(EventReport {
-                    event_id: ev.id.clone(),
+                return Ok(Processed {
                     position: None,
                     outcome: EventOutcome::Duplicate,
                     handlers: HandlerOutcomes::same_for(&self.subset, HandlerOutcome::Duplicate),
@@ -388,8 +432,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 if cleared {
                     self.index_overlay.insert(key, row);
                 }
-                return Ok(EventReport {
-                    event_id: ev.id.clone(),
+                return Ok(Processed {
                     position: None,
                     outcome: EventOutcome::Conflict { recorded },
                     handlers: HandlerOutcomes::default(),
@@ -512,8 +555,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 rec.seen = rec.seen.max(known_position);
             }
         }
-        Ok(EventReport {
-            event_id: ev.id.clone(),
+        Ok(Processed {
             position,
             outcome: summarize(&outcomes),
             handlers: outcomes.into(),
@@ -837,7 +879,7 @@ pub struct ReplayReport {
 }
 
 impl ReplayReport {
-    fn count(&mut self, r: &EventReport) {
+    fn count(&mut self, r: &Processed) {
         self.replayed += 1;
         for (_, o) in &r.handlers {
             match o {
@@ -872,10 +914,10 @@ impl Store {
     /// # Errors
     /// [`CommitError`] when the transaction cannot be committed; nothing of the batch is
     /// then written, and storage failures poison the store.
-    pub fn project<'e, E: Event>(
+    pub fn project<E: Event, D: Delivery<E>>(
         &self,
         reg: &Registry<E>,
-        events: impl IntoIterator<Item = &'e PreparedEvent<E>>,
+        events: impl IntoIterator<Item = D>,
         now: Timestamp,
     ) -> Result<BatchReport, CommitError> {
         let events = events.into_iter();
@@ -884,8 +926,9 @@ impl Store {
             let mut batch =
                 Batch::open(self, &txn, reg, (0..reg.handlers.len()).collect(), Mode::Live, now, false)?;
             let mut reports = Vec::with_capacity(events.size_hint().0);
-            for ev in events {
-                reports.push(batch.process(ev, 0)?);
+            for delivery in events {
+                let processed = batch.process(delivery.event(), 0)?;
+                reports.push(processed.report(delivery.into_id()));
             }
             if batch.finish()? {
                 self.commit(txn)?;

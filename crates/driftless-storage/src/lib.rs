@@ -57,7 +57,7 @@ mod schema;
 mod store;
 
 pub use commit::{
-    BatchReport, EventOutcome, EventReport, HandlerOutcome, ReplayReport, AGGREGATE_FILING_MAX,
+    BatchReport, Delivery, EventOutcome, EventReport, HandlerOutcome, ReplayReport, AGGREGATE_FILING_MAX,
 };
 pub use error::{CommitError, OpenError, Poisoned, ReadError, RegisterError, StorageFailure};
 pub use outcomes::{HandlerOutcomes, HandlerOutcomesIter};

@@ -8,7 +8,7 @@ use driftless_domain::{
     Clock, Event, PreparedEvent, Projector, SystemClock, TableDef, Timestamp, ViewKey, ViewValue,
 };
 use driftless_storage::{
-    DeadLetter, Durability, EventOutcome, EventReport, KillSwitch, ReadAnswer, ReadModelKind, Registry,
+    DeadLetter, Delivery, Durability, EventOutcome, EventReport, KillSwitch, ReadAnswer, ReadModelKind, Registry,
     ReplayReport, Store, StoreOptions,
 };
 use parking_lot::Mutex;
@@ -355,7 +355,7 @@ type EventsReply = oneshot::Sender<Delivered>;
 /// among them; a writer freeing every event it commits spent a third of its time there.)
 struct Delivered {
     reports: Result<Vec<EventReport>, NotCommitted>,
-    _events: Box<dyn Send>,
+    events: Box<dyn std::any::Any + Send>,
 }
 
 impl fmt::Debug for Delivered {
@@ -431,9 +431,18 @@ impl Receipt {
 #[derive(Debug)]
 #[must_use = "a receipt says whether the events were applied; wait on it or drop it knowingly"]
 pub struct BatchReceipt {
-    parts: Vec<oneshot::Receiver<Delivered>>,
+    parts: Vec<Part>,
+    /// The first part that may still be waiting for its answer.
+    settled: usize,
     /// Events in all parts.
     events: usize,
+}
+
+/// One message of a batch: waiting for its answer, or answered (its events freed).
+#[derive(Debug)]
+enum Part {
+    Waiting(oneshot::Receiver<Delivered>),
+    Answered(Result<Vec<EventReport>, NotCommitted>),
 }
 
 impl BatchReceipt {
@@ -444,10 +453,38 @@ impl BatchReceipt {
     /// parts may have committed: their effects stand and re-delivery is safe).
     pub fn wait(self) -> Result<Vec<EventReport>, NotCommitted> {
         let mut out = Vec::with_capacity(self.events);
-        for rx in self.parts {
-            out.extend(rx.recv().map_err(|_| NotCommitted::EngineStopped)?.reports?);
+        for part in self.parts {
+            let reports = match part {
+                Part::Waiting(rx) => rx.recv().map_err(|_| NotCommitted::EngineStopped)?.reports,
+                Part::Answered(reports) => reports,
+            };
+            out.extend(reports?);
         }
         Ok(out)
+    }
+
+    /// Takes the answers that have arrived, oldest first, and frees their events while they
+    /// are likely still in the cache of the thread that dispatched them. Returns the last
+    /// answered part's emptied buffer, for the next part.
+    fn settle<E: Event>(&mut self) -> Option<Vec<PreparedEvent<E>>> {
+        let mut spare = None;
+        while let Some(part) = self.parts.get_mut(self.settled) {
+            let Part::Waiting(rx) = part else { break };
+            let answer = match rx.try_recv() {
+                Ok(delivered) => {
+                    if let Ok(mut events) = delivered.events.downcast::<Vec<PreparedEvent<E>>>() {
+                        events.clear();
+                        spare = Some(*events);
+                    }
+                    delivered.reports
+                }
+                Err(oneshot::TryRecvError::Empty) => break,
+                Err(oneshot::TryRecvError::Disconnected) => Err(NotCommitted::EngineStopped),
+            };
+            *part = Part::Answered(answer);
+            self.settled += 1;
+        }
+        spare
     }
 }
 
@@ -576,14 +613,14 @@ impl<E: Event> Engine<E> {
     /// [`DispatchWaitError::Dispatch`] as for [`Engine::dispatch`];
     /// [`DispatchWaitError::NotCommitted`] as for [`Receipt::wait`].
     pub fn dispatch_and_wait(&self, event: E) -> Result<EventReport, DispatchWaitError> {
-        let prepared = PreparedEvent::new(event).map_err(DispatchError::from)?;
+        let mut prepared = PreparedEvent::new(event).map_err(DispatchError::from)?;
         self.sender()?;
         let shared = &self.shared;
         if let Some(_committing) = shared.commit_lock.try_lock() {
             // Under the lock nothing is being committed; with nothing unfinished either, the
             // work at open is done and every event dispatched before this call is committed.
             if shared.unfinished.load(SeqCst) == 0 {
-                let mut reports = commit_events(shared, std::iter::once(&prepared))?;
+                let mut reports = commit_events(shared, std::iter::once(&mut prepared))?;
                 return reports.pop().ok_or(DispatchWaitError::NotCommitted(NotCommitted::EngineStopped));
             }
         }
@@ -599,27 +636,31 @@ impl<E: Event> Engine<E> {
     /// queued, that part is still committed.
     pub fn dispatch_batch(&self, events: impl IntoIterator<Item = E>) -> Result<BatchReceipt, DispatchError> {
         let max = self.shared.options.max_batch_events;
-        let (mut parts, mut sent) = (Vec::new(), 0);
+        let mut receipt = BatchReceipt { parts: Vec::new(), settled: 0, events: 0 };
         let capacity = max.min(1024);
         let mut chunk = Vec::with_capacity(capacity);
         for event in events {
             chunk.push(PreparedEvent::new(event)?);
             if chunk.len() >= max {
-                sent += chunk.len();
-                let (reply, rx) = oneshot::channel();
                 // A full-size buffer for the next message, so it does not grow by copying.
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(capacity));
-                self.send(Msg::Events { events: full, reply })?;
-                parts.push(rx);
+                let next = receipt.settle().unwrap_or_else(|| Vec::with_capacity(capacity));
+                let full = std::mem::replace(&mut chunk, next);
+                self.send_part(&mut receipt, full)?;
             }
         }
         if !chunk.is_empty() {
-            sent += chunk.len();
-            let (reply, rx) = oneshot::channel();
-            self.send(Msg::Events { events: chunk, reply })?;
-            parts.push(rx);
+            self.send_part(&mut receipt, chunk)?;
         }
-        Ok(BatchReceipt { parts, events: sent })
+        Ok(receipt)
+    }
+
+    fn send_part(&self, receipt: &mut BatchReceipt, events: Vec<PreparedEvent<E>>) -> Result<(), DispatchError> {
+        let count = events.len();
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Events { events, reply })?;
+        receipt.parts.push(Part::Waiting(rx));
+        receipt.events += count;
+        Ok(())
     }
 
     /// Waits until every event queued before this call is committed (or failed).
@@ -1092,9 +1133,10 @@ fn startup<E: Event>(shared: &Shared<E>) {
     }
 }
 
-fn commit_group<E: Event>(shared: &Shared<E>, group: Vec<(Vec<PreparedEvent<E>>, EventsReply)>) {
+fn commit_group<E: Event>(shared: &Shared<E>, mut group: Vec<(Vec<PreparedEvent<E>>, EventsReply)>) {
     let count = group.iter().map(|(events, _)| events.len()).sum();
-    let events = Counted { inner: group.iter().flat_map(|(events, _)| events), left: count };
+    // The events go back only to be dropped: their reports take their ids over.
+    let events = Counted { inner: group.iter_mut().flat_map(|(events, _)| events), left: count };
     let mut reports = commit_events(shared, events);
     // Each message gets its reports and its events back, the last message first.
     for (events, reply) in group.into_iter().rev() {
@@ -1102,7 +1144,7 @@ fn commit_group<E: Event>(shared: &Shared<E>, group: Vec<(Vec<PreparedEvent<E>>,
             Ok(all) => Ok(take_tail(all, events.len())),
             Err(e) => Err(e.clone()),
         };
-        let _ = reply.send(Delivered { reports: part, _events: Box::new(events) });
+        let _ = reply.send(Delivered { reports: part, events: Box::new(events) });
     }
 }
 
@@ -1137,9 +1179,9 @@ fn take_tail<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
 }
 
 /// Commits `events` in one transaction; the caller holds the commit lock.
-fn commit_events<'e, E: Event>(
+fn commit_events<E: Event, D: Delivery<E>>(
     shared: &Shared<E>,
-    events: impl Iterator<Item = &'e PreparedEvent<E>>,
+    events: impl Iterator<Item = D>,
 ) -> Result<Vec<EventReport>, NotCommitted> {
     if let Some(p) = shared.store.poisoned() {
         return Err(NotCommitted::CommitFailed(p.first_failure));

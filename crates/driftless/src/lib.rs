@@ -120,6 +120,6 @@ pub use driftless_domain::{
     ViewValue, Views,
 };
 pub use driftless_storage::{
-    BatchReport, CommitError, DeadLetter, Durability, EventOutcome, EventReport, HandlerOutcome,
+    BatchReport, CommitError, DeadLetter, Delivery, Durability, EventOutcome, EventReport, HandlerOutcome,
     HandlerOutcomes, KillSwitch, OpenError, ReadAnswer, ReadError, ReadRepository, ReplayReport, Store,
 };
