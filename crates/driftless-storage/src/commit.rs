@@ -555,11 +555,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 rec.seen = rec.seen.max(known_position);
             }
         }
-        Ok(Processed {
-            position,
-            outcome: summarize(&outcomes),
-            handlers: outcomes.into(),
-        })
+        Ok(Processed { position, outcome: summarize(&outcomes), handlers: outcomes.into() })
     }
 
     fn append_journal(&mut self, ev: &PreparedEvent<E>, position: u64) -> Result<(), CommitError> {

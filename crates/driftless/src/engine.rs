@@ -8,8 +8,8 @@ use driftless_domain::{
     Clock, Event, PreparedEvent, Projector, SystemClock, TableDef, Timestamp, ViewKey, ViewValue,
 };
 use driftless_storage::{
-    DeadLetter, Delivery, Durability, EventOutcome, EventReport, KillSwitch, ReadAnswer, ReadModelKind, Registry,
-    ReplayReport, Store, StoreOptions,
+    DeadLetter, Delivery, Durability, EventOutcome, EventReport, KillSwitch, ReadAnswer, ReadModelKind,
+    Registry, ReplayReport, Store, StoreOptions,
 };
 use parking_lot::Mutex;
 use std::fmt;
@@ -55,8 +55,12 @@ pub struct EngineOptions {
     /// Most events in one commit.
     pub max_batch_events: usize,
     /// How long the writer waits for more events before committing a batch that is not
-    /// full. Zero commits whatever is queued at once; concurrent producers still share
-    /// commits, because events queue up while a commit syncs.
+    /// full. Zero (the default) commits what is queued at once, with one exception: after a
+    /// commit that answered several messages, the concurrent senders are about to send
+    /// again, and the writer waits for them while they do (up to 200 µs for each next
+    /// message, 2 ms in all), so that they share one commit rather than split into two.
+    /// Concurrent producers share commits either way, because events queue up while a
+    /// commit syncs.
     pub max_batch_wait: Duration,
     /// What a full queue does to `dispatch`.
     pub when_full: WhenFull,
@@ -654,7 +658,11 @@ impl<E: Event> Engine<E> {
         Ok(receipt)
     }
 
-    fn send_part(&self, receipt: &mut BatchReceipt, events: Vec<PreparedEvent<E>>) -> Result<(), DispatchError> {
+    fn send_part(
+        &self,
+        receipt: &mut BatchReceipt,
+        events: Vec<PreparedEvent<E>>,
+    ) -> Result<(), DispatchError> {
         let count = events.len();
         let (reply, rx) = oneshot::channel();
         self.send(Msg::Events { events, reply })?;
@@ -1003,6 +1011,8 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
         shared.unfinished.fetch_sub(1, SeqCst);
     }
     let mut carry: Option<Msg<E>> = None;
+    // Messages in the last group committed: more than one means concurrent senders.
+    let mut last_messages = 0usize;
     loop {
         let msg = match carry.take() {
             Some(m) => m,
@@ -1018,13 +1028,22 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
             Msg::Events { events, reply } => {
                 let mut group = vec![(events, reply)];
                 let mut n = group.iter().map(|(e, _)| e.len()).sum::<usize>();
-                let deadline = Instant::now() + shared.options.max_batch_wait;
+                let started = Instant::now();
+                let deadline = started + shared.options.max_batch_wait;
+                // The senders the last commit answered send again within moments: waiting
+                // for them briefly makes one commit of what would be two.
+                let linger = (last_messages > 1).then(|| started + LINGER_MAX);
                 while n < shared.options.max_batch_events {
                     let next = match rx.try_recv() {
                         Ok(m) => Some(m),
                         Err(TryRecvError::Disconnected) => None,
-                        Err(TryRecvError::Empty) if shared.options.max_batch_wait.is_zero() => None,
-                        Err(TryRecvError::Empty) => rx.recv_deadline(deadline).ok(),
+                        Err(TryRecvError::Empty) if !shared.options.max_batch_wait.is_zero() => {
+                            rx.recv_deadline(deadline).ok()
+                        }
+                        Err(TryRecvError::Empty) => match linger {
+                            Some(until) => rx.recv_deadline(until.min(Instant::now() + LINGER_GAP)).ok(),
+                            None => None,
+                        },
                     };
                     if let Some(m) = &next {
                         shared.taken(m);
@@ -1042,6 +1061,7 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
                     }
                 }
                 let messages = group.len();
+                last_messages = messages;
                 let _committing = shared.commit_lock.lock();
                 commit_group(shared, group);
                 shared.unfinished.fetch_sub(messages, SeqCst);
@@ -1069,10 +1089,12 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
 /// empty. While the queue is empty the writer does its idle work.
 fn next_message<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) -> Option<Msg<E>> {
     loop {
-        match rx.try_recv() {
+        // Idle work waits until the queue stays empty a moment: senders answered by the last
+        // commit are about to send again.
+        match rx.recv_timeout(IDLE_GRACE) {
             Ok(m) => return Some(m),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => {}
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) => {}
         }
         file_when_idle(shared);
         match rx.recv_timeout(IDLE_CHECK) {
@@ -1082,6 +1104,14 @@ fn next_message<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) -> Option<M
         }
     }
 }
+
+/// With concurrent senders, how long the writer waits for one more message before it
+/// commits what it has, and how long it gathers at most.
+const LINGER_GAP: Duration = Duration::from_micros(200);
+const LINGER_MAX: Duration = Duration::from_millis(2);
+
+/// How long the queue stays empty before the writer does idle work.
+const IDLE_GRACE: Duration = Duration::from_millis(5);
 
 /// How often an idle writer looks for idle work (callers of `dispatch_and_wait` commit
 /// without waking it).
