@@ -26,8 +26,8 @@ use driftless::Durability;
 use driftless_benches::{
     applied_events, driftless_ingest, driftless_point_reads, filled_engine, filled_redb, listing_cards,
     lookup_keys, open_engine, open_engine_with, peak_rss_bytes, producer_parts, rebuild_listing_card,
-    reconcile_fixture, reconcile_listing_card, redb_point_reads, run_producers, thread_cpu_nanos, workload,
-    Error, RedbBaseline, PRODUCERS,
+    reconcile_fixture, reconcile_listing_card, redb_point_reads, run_producers, this_thread_cpu_nanos,
+    thread_cpu_nanos, workload, Error, RedbBaseline, PRODUCERS,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,22 +74,29 @@ fn ingest() -> Result<(), Error> {
 
 fn single() -> Result<(), Error> {
     let stream = workload(2_000, 100, 7);
+    // CPU µs per event of this thread, which runs A's commits and those of
+    // `dispatch_and_wait` (time waiting for the disk is not CPU time).
+    let cpu_us = |before: Option<u64>| match (before, this_thread_cpu_nanos()) {
+        (Some(b), Some(a)) => a.saturating_sub(b) as f64 / 1e3 / stream.len() as f64,
+        _ => f64::NAN,
+    };
     for _ in 0..rounds() {
         let dir = tempfile::tempdir()?;
         let base = RedbBaseline::create(&dir.path().join("a.redb"))?;
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), this_thread_cpu_nanos());
         base.ingest(&stream, 1)?;
         let a = stream.len() as f64 / t.elapsed().as_secs_f64();
+        let a_cpu = cpu_us(cpu);
         drop(base);
         // Microseconds per event: `dispatch_and_wait`, then `dispatch` and the receipt (two
         // thread hand-offs), synced and not.
-        let mut us = Vec::new();
+        let (mut us, mut d_cpu) = (Vec::new(), f64::NAN);
         for (n, durability) in [Durability::Immediate, Durability::Eventual].into_iter().enumerate() {
             for and_wait in [true, false] {
                 let engine =
                     open_engine_with(&dir.path().join(format!("d{n}{and_wait}.redb")), 1, durability)?;
                 let owned = stream.clone();
-                let t = Instant::now();
+                let (t, cpu) = (Instant::now(), this_thread_cpu_nanos());
                 for e in owned {
                     if and_wait {
                         engine.dispatch_and_wait(e)?;
@@ -98,13 +105,16 @@ fn single() -> Result<(), Error> {
                     }
                 }
                 us.push(t.elapsed().as_secs_f64() * 1e6 / stream.len() as f64);
+                if us.len() == 1 {
+                    d_cpu = cpu_us(cpu);
+                }
                 engine.shutdown()?;
             }
         }
         let a_us = 1e6 / a;
         println!(
-            "one event per commit, µs per event: A {a_us:.0}; synced: dispatch_and_wait {:.0} ({:.2}x A), \
-             dispatch+wait {:.0}; not synced: dispatch_and_wait {:.0}, dispatch+wait {:.0}",
+            "one event per commit, µs per event: A {a_us:.0} (CPU {a_cpu:.0}); synced: dispatch_and_wait {:.0} \
+             ({:.2}x A; CPU {d_cpu:.0}), dispatch+wait {:.0}; not synced: dispatch_and_wait {:.0}, dispatch+wait {:.0}",
             us[0],
             a_us / us[0],
             us[1],

@@ -505,6 +505,13 @@ pub fn thread_cpu_nanos() -> Vec<(String, u64)> {
     out
 }
 
+/// CPU time the calling thread has run, in nanoseconds (Linux), if known.
+#[must_use]
+pub fn this_thread_cpu_nanos() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
 /// Peak resident set size of this process, in bytes (Linux), if known.
 #[must_use]
 pub fn peak_rss_bytes() -> Option<u64> {

@@ -359,7 +359,7 @@ type EventsReply = oneshot::Sender<Delivered>;
 /// among them; a writer freeing every event it commits spent a third of its time there.)
 struct Delivered {
     reports: Result<Vec<EventReport>, NotCommitted>,
-    events: Box<dyn std::any::Any + Send>,
+    _events: Box<dyn Send>,
 }
 
 impl fmt::Debug for Delivered {
@@ -468,27 +468,18 @@ impl BatchReceipt {
     }
 
     /// Takes the answers that have arrived, oldest first, and frees their events while they
-    /// are likely still in the cache of the thread that dispatched them. Returns the last
-    /// answered part's emptied buffer, for the next part.
-    fn settle<E: Event>(&mut self) -> Option<Vec<PreparedEvent<E>>> {
-        let mut spare = None;
+    /// are likely still in the cache of the thread that dispatched them.
+    fn settle(&mut self) {
         while let Some(part) = self.parts.get_mut(self.settled) {
             let Part::Waiting(rx) = part else { break };
             let answer = match rx.try_recv() {
-                Ok(delivered) => {
-                    if let Ok(mut events) = delivered.events.downcast::<Vec<PreparedEvent<E>>>() {
-                        events.clear();
-                        spare = Some(*events);
-                    }
-                    delivered.reports
-                }
+                Ok(delivered) => delivered.reports,
                 Err(oneshot::TryRecvError::Empty) => break,
                 Err(oneshot::TryRecvError::Disconnected) => Err(NotCommitted::EngineStopped),
             };
             *part = Part::Answered(answer);
             self.settled += 1;
         }
-        spare
     }
 }
 
@@ -647,9 +638,9 @@ impl<E: Event> Engine<E> {
             chunk.push(PreparedEvent::new(event)?);
             if chunk.len() >= max {
                 // A full-size buffer for the next message, so it does not grow by copying.
-                let next = receipt.settle().unwrap_or_else(|| Vec::with_capacity(capacity));
-                let full = std::mem::replace(&mut chunk, next);
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(capacity));
                 self.send_part(&mut receipt, full)?;
+                receipt.settle();
             }
         }
         if !chunk.is_empty() {
@@ -1174,7 +1165,7 @@ fn commit_group<E: Event>(shared: &Shared<E>, mut group: Vec<(Vec<PreparedEvent<
             Ok(all) => Ok(take_tail(all, events.len())),
             Err(e) => Err(e.clone()),
         };
-        let _ = reply.send(Delivered { reports: part, events: Box::new(events) });
+        let _ = reply.send(Delivered { reports: part, _events: Box::new(events) });
     }
 }
 
