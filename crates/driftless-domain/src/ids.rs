@@ -223,7 +223,7 @@ impl serde::Serialize for EventId {
 
 impl<'de> serde::Deserialize<'de> for EventId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // As before, the text is taken as it is: stored ids were checked when first made.
+        // The text is taken unchecked, as a stored id was checked when it was first made.
         IdWire::deserialize(deserializer).map(|wire| Self::from_text(wire.0))
     }
 }
@@ -352,9 +352,9 @@ mod tests {
             let json = serde_json::to_string(&id)?;
             assert_eq!(json, serde_json::to_string(&text)?);
             assert_eq!(serde_json::from_str::<EventId>(&json)?, id);
-            // An escaped JSON string cannot be borrowed: it decodes all the same.
-            assert_eq!(serde_json::from_str::<EventId>(r#""a\u0041""#)?.as_str(), "aA");
         }
+        // An escaped JSON string cannot be borrowed: it decodes all the same.
+        assert_eq!(serde_json::from_str::<EventId>(r#""a\u0041""#)?.as_str(), "aA");
         Ok(())
     }
 
