@@ -495,10 +495,7 @@ pub fn thread_cpu_nanos() -> Vec<(String, u64)> {
     for task in tasks.flatten() {
         let dir = task.path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
-        let ran = std::fs::read_to_string(dir.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()));
-        if let Some(ran) = ran {
+        if let Some(ran) = ran_nanos(&dir.join("schedstat")) {
             out.push((name, ran));
         }
     }
@@ -508,8 +505,12 @@ pub fn thread_cpu_nanos() -> Vec<(String, u64)> {
 /// CPU time the calling thread has run, in nanoseconds (Linux), if known.
 #[must_use]
 pub fn this_thread_cpu_nanos() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    stat.split_whitespace().next()?.parse().ok()
+    ran_nanos(Path::new("/proc/thread-self/schedstat"))
+}
+
+/// The first field of a `schedstat` file: nanoseconds the task has run on a CPU.
+fn ran_nanos(schedstat: &Path) -> Option<u64> {
+    std::fs::read_to_string(schedstat).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// Peak resident set size of this process, in bytes (Linux), if known.

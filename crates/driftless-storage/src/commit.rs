@@ -365,22 +365,17 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             None if self.has_explicit_ids => decode_opt(self.ids.get(id).map_err(|e| self.store.fail(e))?)?,
             None => None,
         };
-        if let Some(t) = explicit {
-            index_key_into(t, id, &mut self.key);
-            return Ok(match self.lookup(ev, check_applied)? {
-                Lookup::AppliedByAll => Located::AppliedByAll,
-                Lookup::Row(row) => Located::Row { key: self.key.clone(), row, needs_id_entry: false },
-            });
-        }
-        let canonical = canonical_time(id);
-        if let Some(t) = canonical {
+        // An id with an `event_ids` entry is filed at that time, found or not; otherwise a
+        // default id is looked for at the time it carries.
+        let canonical = if explicit.is_some() { None } else { canonical_time(id) };
+        if let Some(t) = explicit.or(canonical) {
             index_key_into(t, id, &mut self.key);
             match self.lookup(ev, check_applied)? {
                 Lookup::AppliedByAll => return Ok(Located::AppliedByAll),
-                Lookup::Row(Some(row)) => {
-                    return Ok(Located::Row { key: self.key.clone(), row: Some(row), needs_id_entry: false })
+                Lookup::Row(None) if explicit.is_none() => {}
+                Lookup::Row(row) => {
+                    return Ok(Located::Row { key: self.key.clone(), row, needs_id_entry: false })
                 }
-                Lookup::Row(None) => {}
             }
         }
         let occurred_at = ev.event.occurred_at().0;

@@ -112,8 +112,7 @@ pub(crate) struct IndexRow {
 
 impl IndexRow {
     pub(crate) fn has(&self, slot: u32) -> bool {
-        let (byte, bit) = bit_of(slot);
-        self.applied.get(byte).is_some_and(|b| b & bit != 0)
+        has_bit(&self.applied, slot)
     }
 
     pub(crate) fn set(&mut self, slot: u32, at: u64) {
@@ -167,9 +166,14 @@ pub(crate) struct IndexRowHead<'a> {
 
 impl IndexRowHead<'_> {
     pub(crate) fn has(&self, slot: u32) -> bool {
-        let (byte, bit) = bit_of(slot);
-        self.applied.get(byte).is_some_and(|b| b & bit != 0)
+        has_bit(self.applied, slot)
     }
+}
+
+/// Whether bit `slot` of an applied-handlers bitset is set.
+fn has_bit(applied: &[u8], slot: u32) -> bool {
+    let (byte, bit) = bit_of(slot);
+    applied.get(byte).is_some_and(|b| b & bit != 0)
 }
 
 fn bit_of(slot: u32) -> (usize, u8) {

@@ -589,9 +589,7 @@ impl<E: Event> Engine<E> {
     /// shut down or poisoned, or the event cannot be encoded.
     pub fn dispatch(&self, event: E) -> Result<Receipt, DispatchError> {
         let prepared = PreparedEvent::new(event)?;
-        let (reply, rx) = oneshot::channel();
-        self.send(Msg::Events { events: vec![prepared], reply })?;
-        Ok(Receipt { rx })
+        Ok(Receipt { rx: self.queue(vec![prepared])? })
     }
 
     /// Hands one event to the engine and waits until it is committed: the same as
@@ -619,9 +617,7 @@ impl<E: Event> Engine<E> {
                 return reports.pop().ok_or(DispatchWaitError::NotCommitted(NotCommitted::EngineStopped));
             }
         }
-        let (reply, rx) = oneshot::channel();
-        self.send(Msg::Events { events: vec![prepared], reply })?;
-        Ok(Receipt { rx }.wait()?)
+        Ok(Receipt { rx: self.queue(vec![prepared])? }.wait()?)
     }
 
     /// Hands a batch of events to the engine, in order.
@@ -655,11 +651,16 @@ impl<E: Event> Engine<E> {
         events: Vec<PreparedEvent<E>>,
     ) -> Result<(), DispatchError> {
         let count = events.len();
-        let (reply, rx) = oneshot::channel();
-        self.send(Msg::Events { events, reply })?;
-        receipt.parts.push(Part::Waiting(rx));
+        receipt.parts.push(Part::Waiting(self.queue(events)?));
         receipt.events += count;
         Ok(())
+    }
+
+    /// Queues one message of events for the writer; its answer comes over the receiver.
+    fn queue(&self, events: Vec<PreparedEvent<E>>) -> Result<oneshot::Receiver<Delivered>, DispatchError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Events { events, reply })?;
+        Ok(rx)
     }
 
     /// Waits until every event queued before this call is committed (or failed).
