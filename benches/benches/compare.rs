@@ -166,19 +166,24 @@ fn reads_row(filled: &Filled, stream: &[ListingEvent], runs: usize) -> Result<Ro
 }
 
 /// 8 producer threads, each keeping up to `window` receipts in flight and waiting for every
-/// one of them. Returns (events/s, p50 ms, p99 ms) of dispatch-to-commit latency.
-fn concurrent(stream: &[ListingEvent], window: usize) -> Result<(f64, f64, f64), Error> {
-    let dir = tempfile::tempdir()?;
-    let engine = Arc::new(open_engine(&dir.path().join("d.redb"), FILL_BATCH)?);
-    let parts = producer_parts(stream, PRODUCERS);
-    let t = Instant::now();
-    let mut lat: Vec<Duration> = run_producers(&engine, parts, window);
-    let rate = stream.len() as f64 / t.elapsed().as_secs_f64();
-    lat.sort();
-    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
-    let out = (rate, p(0.5), p(0.99));
-    Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.shutdown()?;
-    Ok(out)
+/// one of them, each run on a new database. Returns the medians over `runs` runs of events/s
+/// and of each run's p50 and p99 dispatch-to-commit latency, in ms.
+fn concurrent(stream: &[ListingEvent], window: usize, runs: usize) -> Result<(f64, f64, f64), Error> {
+    let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let engine = Arc::new(open_engine(&dir.path().join("d.redb"), FILL_BATCH)?);
+        let parts = producer_parts(stream, PRODUCERS);
+        let t = Instant::now();
+        let mut lat: Vec<Duration> = run_producers(&engine, parts, window);
+        rates.push(stream.len() as f64 / t.elapsed().as_secs_f64());
+        lat.sort();
+        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+        p50s.push(p(0.5));
+        p99s.push(p(0.99));
+        Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.shutdown()?;
+    }
+    Ok((median(rates), median(p50s), median(p99s)))
 }
 
 fn rebuild_rate(engine: &driftless::Engine<ListingEvent>, events: usize, runs: usize) -> Result<f64, Error> {
@@ -280,7 +285,7 @@ fn main() -> Result<(), Error> {
     println!("\ndriftless only");
     for window in [1usize, 64] {
         let (rate, p50, p99) =
-            concurrent(&stream[..stream.len().min(if window == 1 { 20_000 } else { events })], window)?;
+            concurrent(&stream[..stream.len().min(if window == 1 { 20_000 } else { events })], window, runs)?;
         println!(
             "  8 producers, {window:>3} receipts in flight each: {rate:>10.0} events/s, dispatch-to-commit p50 {p50:.2} ms, p99 {p99:.2} ms"
         );

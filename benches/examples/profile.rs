@@ -17,7 +17,7 @@
 //! - `rebuild`: a rebuild of `listing_card` from a 200,000-entry journal;
 //! - `reconcile`: full refold reconciliation of a 100,000-row `listing_card`;
 //! - `producers`: 8 producer threads, 64 receipts in flight each, 200,000 events; prints
-//!   the dispatch-to-commit latency percentiles;
+//!   the dispatch-to-commit latency percentiles and the writer's CPU time per event;
 //! - `rss EVENTS CACHE_MIB`: peak RSS of ingesting EVENTS events, generated in slices of
 //!   10,000, with a page cache of CACHE_MIB MiB.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
@@ -209,16 +209,18 @@ fn producers() -> Result<(), Error> {
     for _ in 0..rounds() {
         let dir = tempfile::tempdir()?;
         let engine = Arc::new(open_engine(&dir.path().join("d.redb"), 1000)?);
+        let before = thread_cpu_nanos();
         let t = Instant::now();
         let mut lat = run_producers(&engine, producer_parts(&stream, PRODUCERS), 64);
         let rate = per_second(stream.len(), t);
+        let cpu = cpu_per_event(&before, stream.len());
         lat.sort();
         let ms = |q: f64| {
             lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
                 .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
         };
         println!(
-            "producers: {rate:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "producers: {rate:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; CPU ns/event: {cpu}",
             ms(0.5),
             ms(0.99),
             ms(1.0)

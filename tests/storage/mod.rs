@@ -3,6 +3,7 @@
 mod corruption;
 mod disk;
 mod faults;
+mod feed;
 mod model;
 mod open;
 mod replay;

@@ -116,6 +116,51 @@ impl<E> Delivery<E> for &mut PreparedEvent<E> {
     }
 }
 
+/// Where [`Store::project_with`] takes its deliveries: each one is processed as it is
+/// pushed, in the batch's transaction.
+pub struct Feed<'f, E> {
+    batch: &'f mut dyn Process<E>,
+    reports: Vec<EventReport>,
+}
+
+impl<E> Feed<'_, E> {
+    /// Processes one delivery in the batch. Its report is the next in the batch's report.
+    ///
+    /// # Errors
+    /// [`CommitError`] when the transaction cannot go on; the batch is then abandoned.
+    pub fn push<D: Delivery<E>>(&mut self, delivery: D) -> Result<(), CommitError> {
+        let processed = self.batch.process_live(delivery.event())?;
+        self.reports.push(processed.report(delivery.into_id()));
+        Ok(())
+    }
+
+    /// How many deliveries have been pushed.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// Whether nothing has been pushed yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.reports.is_empty()
+    }
+}
+
+/// A batch of new deliveries, as a [`Feed`] sees it.
+trait Process<E> {
+    fn process_live(&mut self, ev: &PreparedEvent<E>) -> Result<Processed, CommitError>;
+}
+
+impl<E: Event> Process<E> for Batch<'_, '_, E> {
+    fn process_live(&mut self, ev: &PreparedEvent<E>) -> Result<Processed, CommitError> {
+        // Contained on its own: the feed around it is the caller's code, whose panics are
+        // the caller's, while a panic in here is the storage engine's.
+        let store = self.store;
+        store.contain_write("project", || self.process(ev, 0))
+    }
+}
+
 /// The report of one committed batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchReport {
@@ -912,15 +957,35 @@ impl Store {
         now: Timestamp,
     ) -> Result<BatchReport, CommitError> {
         let events = events.into_iter();
+        let capacity = events.size_hint().0;
+        self.project_with(reg, now, capacity, |feed| events.into_iter().try_for_each(|d| feed.push(d)))
+    }
+
+    /// Projects new deliveries in ONE write transaction, as [`Store::project`] does, taking
+    /// them from `feed` one at a time: each is processed as soon as it is pushed, so a
+    /// caller gathering deliveries from several senders need not hold the first until the
+    /// last has arrived. The transaction commits once `feed` returns `Ok`; the report has
+    /// one entry per delivery pushed, in order (`capacity` is how many are expected).
+    ///
+    /// # Errors
+    /// As [`Store::project`]. An error from `feed` abandons the batch: nothing of it is
+    /// written, and the error is returned.
+    pub fn project_with<E: Event>(
+        &self,
+        reg: &Registry<E>,
+        now: Timestamp,
+        capacity: usize,
+        feed: impl FnOnce(&mut Feed<'_, E>) -> Result<(), CommitError>,
+    ) -> Result<BatchReport, CommitError> {
         self.contain_write("project", || {
             let txn = self.begin_write()?;
             let mut batch =
                 Batch::open(self, &txn, reg, (0..reg.handlers.len()).collect(), Mode::Live, now, false)?;
-            let mut reports = Vec::with_capacity(events.size_hint().0);
-            for delivery in events {
-                let processed = batch.process(delivery.event(), 0)?;
-                reports.push(processed.report(delivery.into_id()));
-            }
+            let mut fed = Feed { batch: &mut batch, reports: Vec::with_capacity(capacity) };
+            // On an error the transaction is dropped, which abandons it: its error is the
+            // one to report, not a second one from aborting a transaction that failed.
+            crate::error::caller(|| feed(&mut fed))?;
+            let reports = fed.reports;
             if batch.finish()? {
                 self.commit(txn)?;
             } else {

@@ -57,7 +57,8 @@ mod schema;
 mod store;
 
 pub use commit::{
-    BatchReport, Delivery, EventOutcome, EventReport, HandlerOutcome, ReplayReport, AGGREGATE_FILING_MAX,
+    BatchReport, Delivery, EventOutcome, EventReport, Feed, HandlerOutcome, ReplayReport,
+    AGGREGATE_FILING_MAX,
 };
 pub use error::{CommitError, OpenError, Poisoned, ReadError, RegisterError, StorageFailure};
 pub use outcomes::{HandlerOutcomes, HandlerOutcomesIter};

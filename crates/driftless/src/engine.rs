@@ -8,8 +8,8 @@ use driftless_domain::{
     Clock, Event, PreparedEvent, Projector, SystemClock, TableDef, Timestamp, ViewKey, ViewValue,
 };
 use driftless_storage::{
-    DeadLetter, Delivery, Durability, EventOutcome, EventReport, KillSwitch, ReadAnswer, ReadModelKind,
-    Registry, ReplayReport, Store, StoreOptions,
+    CommitError, DeadLetter, Durability, EventOutcome, EventReport, Feed, KillSwitch, ReadAnswer,
+    ReadModelKind, Registry, ReplayReport, Store, StoreOptions,
 };
 use parking_lot::Mutex;
 use std::fmt;
@@ -613,7 +613,7 @@ impl<E: Event> Engine<E> {
             // Under the lock nothing is being committed; with nothing unfinished either, the
             // work at open is done and every event dispatched before this call is committed.
             if shared.unfinished.load(SeqCst) == 0 {
-                let mut reports = commit_events(shared, std::iter::once(&mut prepared))?;
+                let mut reports = commit_events(shared, 1, |feed| feed.push(&mut prepared))?;
                 return reports.pop().ok_or(DispatchWaitError::NotCommitted(NotCommitted::EngineStopped));
             }
         }
@@ -1003,8 +1003,9 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
         shared.unfinished.fetch_sub(1, SeqCst);
     }
     let mut carry: Option<Msg<E>> = None;
-    // Messages in the last group committed: more than one means concurrent senders.
-    let mut last_messages = 0usize;
+    // Messages and events in the last group committed: more than one message means
+    // concurrent senders.
+    let (mut last_messages, mut last) = (0usize, 0usize);
     loop {
         let msg = match carry.take() {
             Some(m) => m,
@@ -1018,44 +1019,10 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
         };
         match msg {
             Msg::Events { events, reply } => {
-                let mut group = vec![(events, reply)];
-                let mut n = group.iter().map(|(e, _)| e.len()).sum::<usize>();
-                let started = Instant::now();
-                let deadline = started + shared.options.max_batch_wait;
-                // The senders the last commit answered send again within moments: waiting
-                // for them briefly makes one commit of what would be two.
-                let linger = (last_messages > 1).then(|| started + LINGER_MAX);
-                while n < shared.options.max_batch_events {
-                    let next = match rx.try_recv() {
-                        Ok(m) => Some(m),
-                        Err(TryRecvError::Disconnected) => None,
-                        Err(TryRecvError::Empty) if !shared.options.max_batch_wait.is_zero() => {
-                            rx.recv_deadline(deadline).ok()
-                        }
-                        Err(TryRecvError::Empty) => match linger {
-                            Some(until) => rx.recv_deadline(until.min(Instant::now() + LINGER_GAP)).ok(),
-                            None => None,
-                        },
-                    };
-                    if let Some(m) = &next {
-                        shared.taken(m);
-                    }
-                    match next {
-                        Some(Msg::Events { events, reply }) => {
-                            n += events.len();
-                            group.push((events, reply));
-                        }
-                        Some(other) => {
-                            carry = Some(other);
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                let messages = group.len();
-                last_messages = messages;
                 let _committing = shared.commit_lock.lock();
-                commit_group(shared, group);
+                let (messages, events, next) =
+                    commit_group(shared, rx, (events, reply), last, last_messages > 1);
+                (last, last_messages, carry) = (events, messages, next);
                 shared.unfinished.fetch_sub(messages, SeqCst);
             }
             Msg::Flush(reply) => {
@@ -1155,12 +1122,59 @@ fn startup<E: Event>(shared: &Shared<E>) {
     }
 }
 
-fn commit_group<E: Event>(shared: &Shared<E>, mut group: Vec<(Vec<PreparedEvent<E>>, EventsReply)>) {
+fn commit_group<E: Event>(
+    shared: &Shared<E>,
+    rx: &Receiver<Msg<E>>,
+    first: (Vec<PreparedEvent<E>>, EventsReply),
+    expected: usize,
+    lingering: bool,
+) -> (usize, usize, Option<Msg<E>>) {
+    let mut group = vec![first];
+    let mut carry = None;
+    let mut reports = commit_events(shared, expected, |feed| {
+        // Each message is processed as it is taken, so gathering the next ones costs the
+        // writer nothing but the wait for them.
+        if let Some((events, _)) = group.first_mut() {
+            events.iter_mut().try_for_each(|ev| feed.push(ev))?;
+        }
+        let started = Instant::now();
+        let deadline = started + shared.options.max_batch_wait;
+        // The senders the last commit answered send again within moments: waiting for them
+        // briefly makes one commit of what would be two.
+        let linger = lingering.then(|| started + LINGER_MAX);
+        while feed.len() < shared.options.max_batch_events {
+            let next = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) if !shared.options.max_batch_wait.is_zero() => {
+                    rx.recv_deadline(deadline).ok()
+                }
+                Err(TryRecvError::Empty) => match linger {
+                    Some(until) => rx.recv_deadline(until.min(Instant::now() + LINGER_GAP)).ok(),
+                    None => None,
+                },
+            };
+            if let Some(m) = &next {
+                shared.taken(m);
+            }
+            match next {
+                Some(Msg::Events { mut events, reply }) => {
+                    events.iter_mut().try_for_each(|ev| feed.push(ev))?;
+                    group.push((events, reply));
+                }
+                Some(other) => {
+                    carry = Some(other);
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    });
+    let messages = group.len();
     let count = group.iter().map(|(events, _)| events.len()).sum();
-    // The events go back only to be dropped: their reports take their ids over.
-    let events = Counted { inner: group.iter_mut().flat_map(|(events, _)| events), left: count };
-    let mut reports = commit_events(shared, events);
-    // Each message gets its reports and its events back, the last message first.
+    // Each message gets its reports and its events back (the events only to be dropped
+    // there: their reports took their ids over), the last message first.
     for (events, reply) in group.into_iter().rev() {
         let part = match &mut reports {
             Ok(all) => Ok(take_tail(all, events.len())),
@@ -1168,27 +1182,7 @@ fn commit_group<E: Event>(shared: &Shared<E>, mut group: Vec<(Vec<PreparedEvent<
         };
         let _ = reply.send(Delivered { reports: part, _events: Box::new(events) });
     }
-}
-
-/// An iterator that knows how many items it has left (the events of a group, across its
-/// messages), so that the reports are gathered into a vector of the right size.
-struct Counted<I> {
-    inner: I,
-    left: usize,
-}
-
-impl<I: Iterator> Iterator for Counted<I> {
-    type Item = I::Item;
-
-    fn next(&mut self) -> Option<I::Item> {
-        let item = self.inner.next()?;
-        self.left = self.left.saturating_sub(1);
-        Some(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left, Some(self.left))
-    }
+    (messages, count, carry)
 }
 
 /// The last `n` items of `v` (all of them, without copying, when it has no more).
@@ -1200,18 +1194,20 @@ fn take_tail<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
     }
 }
 
-/// Commits `events` in one transaction; the caller holds the commit lock.
-fn commit_events<E: Event, D: Delivery<E>>(
+/// Commits the events `feed` pushes in one transaction (about `expected` of them); the
+/// caller holds the commit lock.
+fn commit_events<E: Event>(
     shared: &Shared<E>,
-    events: impl Iterator<Item = D>,
+    expected: usize,
+    feed: impl FnOnce(&mut Feed<'_, E>) -> Result<(), CommitError>,
 ) -> Result<Vec<EventReport>, NotCommitted> {
     if let Some(p) = shared.store.poisoned() {
         return Err(NotCommitted::CommitFailed(p.first_failure));
     }
     let started = Instant::now();
-    let count = events.size_hint().0;
-    let result =
-        catch_unwind(AssertUnwindSafe(|| shared.store.project(&shared.registry, events, shared.clock.now())));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        shared.store.project_with(&shared.registry, shared.clock.now(), expected, feed)
+    }));
     let result = match result {
         Ok(Ok(report)) => Ok(report.events),
         Ok(Err(e)) => {
@@ -1225,8 +1221,8 @@ fn commit_events<E: Event, D: Delivery<E>>(
         }
     };
     metrics::histogram!("driftless_commit_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("driftless_batch_events").record(count as f64);
     if let Ok(reports) = &result {
+        metrics::histogram!("driftless_batch_events").record(reports.len() as f64);
         count_outcomes(reports);
     }
     result
