@@ -76,7 +76,7 @@ pub struct EngineOptions {
     /// readers go to the source of truth until it is rebuilt.
     pub demotion_engages_kill_switch: bool,
     /// redb page-cache size in bytes (`None`: redb's default of 1 GiB); default
-    /// [`DEFAULT_CACHE_BYTES`](crate::DEFAULT_CACHE_BYTES).
+    /// [`DEFAULT_CACHE_BYTES`].
     pub cache_bytes: Option<usize>,
     /// Whether the open verifies every page checksum of an existing file before trusting it
     /// (default: on), refusing a damaged file with `OpenError::Corrupted`. It reads every
@@ -1122,6 +1122,11 @@ fn startup<E: Event>(shared: &Shared<E>) {
     }
 }
 
+/// Commits `first` and the messages that come while it is processed (see the writer's
+/// gathering rules on [`EngineOptions::max_batch_wait`]) in one transaction, and answers
+/// each. `expected` is how many events the last group had; `lingering`, whether it came
+/// from concurrent senders. Returns the group's messages and events, and a message taken
+/// that was not for this group.
 fn commit_group<E: Event>(
     shared: &Shared<E>,
     rx: &Receiver<Msg<E>>,
@@ -1132,12 +1137,12 @@ fn commit_group<E: Event>(
     let mut group = vec![first];
     let mut carry = None;
     let mut reports = commit_events(shared, expected, |feed| {
+        let started = Instant::now();
         // Each message is processed as it is taken, so gathering the next ones costs the
         // writer nothing but the wait for them.
         if let Some((events, _)) = group.first_mut() {
             events.iter_mut().try_for_each(|ev| feed.push(ev))?;
         }
-        let started = Instant::now();
         let deadline = started + shared.options.max_batch_wait;
         // The senders the last commit answered send again within moments: waiting for them
         // briefly makes one commit of what would be two.
