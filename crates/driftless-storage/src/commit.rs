@@ -234,6 +234,54 @@ enum Located {
     Row { key: Vec<u8>, row: Option<IndexRow>, needs_id_entry: bool },
 }
 
+/// A batch's tables while they are being opened.
+///
+/// redb opens a table under its transaction's table lock, and panics on some damaged pages
+/// while it holds it. The lock is then poisoned, so closing any table already open panics
+/// too, and a panic while the first one unwinds aborts the process. [`Opening::open`]
+/// therefore stops the first panic, closes the tables opened so far one at a time (each
+/// close's own panic stopped too), and only then lets the first panic go on, to be
+/// contained as damage like any other of redb's.
+#[derive(Default)]
+struct Opening<'t> {
+    meta: Option<Table<'t, &'static str, &'static [u8]>>,
+    handlers: Option<Table<'t, &'static str, &'static [u8]>>,
+    index: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    ids: Option<Table<'t, &'static str, &'static [u8]>>,
+    dead: Option<Table<'t, (&'static str, &'static str), &'static [u8]>>,
+    journal: Option<Table<'t, u64, &'static [u8]>>,
+    by_aggregate: Option<Table<'t, (&'static str, u64), ()>>,
+    rm: Vec<Option<RawTable<'t>>>,
+}
+
+impl Opening<'_> {
+    /// Runs `fill`, which opens the tables into this; see the type's documentation for a
+    /// panic.
+    fn open(&mut self, fill: impl FnOnce(&mut Self) -> Result<(), CommitError>) -> Result<(), CommitError> {
+        match catch_unwind(AssertUnwindSafe(|| fill(self))) {
+            Ok(result) => result,
+            Err(panic) => {
+                close_contained(self.meta.take());
+                close_contained(self.handlers.take());
+                close_contained(self.index.take());
+                close_contained(self.ids.take());
+                close_contained(self.dead.take());
+                close_contained(self.journal.take());
+                close_contained(self.by_aggregate.take());
+                for table in std::mem::take(&mut self.rm) {
+                    close_contained(table);
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
+
+/// Drops (closes) `table`, stopping a panic of its close: see [`Opening`].
+fn close_contained<T>(table: T) {
+    drop(catch_unwind(AssertUnwindSafe(move || drop(table))));
+}
+
 /// The open tables and buffered writes of one write transaction.
 struct Batch<'t, 'r, E> {
     store: &'t Store,
@@ -291,43 +339,48 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         shadow_tables: bool,
     ) -> Result<Self, CommitError> {
         let f = |e: redb::TableError| store.fail(e);
-        // redb panics on some damaged pages while opening a table, with the transaction's
-        // table lock held; a table already open then panics again when it is dropped during
-        // the unwinding, and a panic in a destructor aborts the process. Opening each table
-        // alone first lets such a panic unwind cleanly (to be contained); the second opening
-        // reads the same pages.
-        drop(txn.open_table(META).map_err(f)?);
-        drop(txn.open_table(HANDLERS).map_err(f)?);
-        drop(txn.open_table(EVENT_INDEX).map_err(f)?);
-        drop(txn.open_table(EVENT_IDS).map_err(f)?);
-        drop(txn.open_table(DEAD_LETTERS).map_err(f)?);
-        if store.journal_enabled() {
-            drop(txn.open_table(JOURNAL).map_err(f)?);
-            drop(txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?);
-        }
-        for &i in &subset {
-            for t in reg.handlers.get(i).map(|h| h.tables.as_slice()).unwrap_or_default() {
-                let name = if shadow_tables { shadow(t.id.name) } else { physical(t.id.name) };
-                drop(txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)).map_err(f)?);
+        let mut o = Opening::default();
+        o.open(|o| {
+            o.meta = Some(txn.open_table(META).map_err(f)?);
+            o.handlers = Some(txn.open_table(HANDLERS).map_err(f)?);
+            o.index = Some(txn.open_table(EVENT_INDEX).map_err(f)?);
+            o.ids = Some(txn.open_table(EVENT_IDS).map_err(f)?);
+            o.dead = Some(txn.open_table(DEAD_LETTERS).map_err(f)?);
+            if store.journal_enabled() {
+                o.journal = Some(txn.open_table(JOURNAL).map_err(f)?);
+                o.by_aggregate = Some(txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?);
             }
-        }
-        let meta = txn.open_table(META).map_err(f)?;
-        let handlers_t = txn.open_table(HANDLERS).map_err(f)?;
-        let index = txn.open_table(EVENT_INDEX).map_err(f)?;
-        let ids = txn.open_table(EVENT_IDS).map_err(f)?;
-        let has_explicit_ids = !ids.is_empty().map_err(|e| store.fail(e))?;
-        let dead = txn.open_table(DEAD_LETTERS).map_err(f)?;
-        let (journal, by_aggregate) = if store.journal_enabled() {
-            (
-                Some(txn.open_table(JOURNAL).map_err(f)?),
-                Some(txn.open_table(JOURNAL_BY_AGGREGATE).map_err(f)?),
-            )
-        } else {
-            (None, None)
+            o.rm = (0..reg.tables.len()).map(|_| None).collect();
+            for &i in &subset {
+                for t in reg.handlers.get(i).map(|h| h.tables.as_slice()).unwrap_or_default() {
+                    let name = if shadow_tables { shadow(t.id.name) } else { physical(t.id.name) };
+                    let table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)).map_err(f)?;
+                    if let Some(slot) = o.rm.get_mut(t.slot) {
+                        *slot = Some(table);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        let Opening {
+            meta: Some(meta),
+            handlers: Some(handlers_t),
+            index: Some(index),
+            ids: Some(ids),
+            dead: Some(dead),
+            journal,
+            by_aggregate,
+            rm,
+        } = o
+        else {
+            return Err(CommitError::Corrupted {
+                what: "opening a batch's tables".into(),
+                reason: "a table opened without error is missing".into(),
+            });
         };
+        let has_explicit_ids = !ids.is_empty().map_err(|e| store.fail(e))?;
         let head: u64 = decode_opt(meta.get(META_HEAD).map_err(|e| store.fail(e))?)?.unwrap_or(0);
         let mut records = Vec::with_capacity(subset.len());
-        let mut rm: Vec<Option<RawTable<'t>>> = (0..reg.tables.len()).map(|_| None).collect();
         for &i in &subset {
             let Some(h) = reg.handlers.get(i) else {
                 return Err(CommitError::UnknownHandler(format!("#{i}")));
@@ -335,13 +388,6 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             let rec: HandlerRecord = decode_opt(handlers_t.get(h.name.as_str()).map_err(|e| store.fail(e))?)?
                 .ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
             records.push(rec);
-            for t in &h.tables {
-                let name = if shadow_tables { shadow(t.id.name) } else { physical(t.id.name) };
-                let table = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)).map_err(f)?;
-                if let Some(slot) = rm.get_mut(t.slot) {
-                    *slot = Some(table);
-                }
-            }
         }
         let slots = subset.iter().filter_map(|&i| reg.handlers.get(i).map(|h| h.slot)).collect();
         Ok(Self {

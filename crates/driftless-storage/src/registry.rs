@@ -111,8 +111,10 @@ impl Store {
                 // A storage failure inside the transaction poisons the store like a failed commit:
                 // redb may already have written part of it.
                 let written = (|| -> Result<(), RegisterError> {
-                    // Each table alone first: see `Batch::open` (a damaged page can make redb
-                    // panic in `open_table`, and tables open meanwhile abort the process).
+                    // Each table alone first: a damaged page can make redb panic in
+                    // `open_table` with the transaction's table lock held, and closing tables
+                    // open meanwhile then panics again, aborting the process (commits, which
+                    // run far more often, close them one at a time instead: see `Opening`).
                     drop(txn.open_table(META)?);
                     drop(txn.open_table(HANDLERS)?);
                     drop(txn.open_table(READ_MODELS)?);
