@@ -7,4 +7,5 @@ mod feed;
 mod model;
 mod open;
 mod replay;
+mod snapshot;
 mod support;

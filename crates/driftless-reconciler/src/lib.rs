@@ -66,7 +66,7 @@ pub use harness::{
     DEFAULT_SAMPLE_BUDGET, DEFAULT_WORKERS, LEASE_KEY,
 };
 pub use port::{FnReconciler, ReconcileFailure, Reconciler};
-pub use refold::{compare_row, RefoldReconciler};
+pub use refold::{compare_row, compare_row_in, RefoldReconciler};
 pub use report::{
     DriftedKey, FailureKind, Interruption, KeyFailure, LogPager, Page, Pager, ReadModelReport, RunReport,
     SkipReason, MAX_PAGED_DRIFTS, MAX_REPORTED_DRIFTS, MAX_REPORTED_FAILURES,

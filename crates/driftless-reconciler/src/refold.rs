@@ -3,7 +3,7 @@
 use crate::port::{ReconcileFailure, Reconciler};
 use driftless_domain::codec;
 use driftless_domain::{Event, ReconcileMode, ReconcileResult, SampleKey, TableDef, ViewValue};
-use driftless_storage::Store;
+use driftless_storage::{Snapshot, Store};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
@@ -69,10 +69,15 @@ impl<E: Event, V: ViewValue + PartialEq> RefoldReconciler<E, V> {
     /// # Errors
     /// [`ReconcileFailure`] when the journal cannot be read or an event does not decode.
     pub fn expected_row(&self, key: &str) -> Result<Option<V>, ReconcileFailure> {
+        self.expected_row_in(&self.store.snapshot()?, key)
+    }
+
+    /// [`RefoldReconciler::expected_row`], as of `snapshot`.
+    fn expected_row_in(&self, snapshot: &Snapshot, key: &str) -> Result<Option<V>, ReconcileFailure> {
         if !self.store.journal_enabled() {
             return Err(ReconcileFailure::NoJournal);
         }
-        let entries = self.store.journal_for_aggregate(key)?;
+        let entries = snapshot.journal_for_aggregate(key)?;
         let events = entries
             .iter()
             .map(|entry| codec::stable_decode::<E>(&entry.body))
@@ -124,8 +129,11 @@ impl<E: Event, V: ViewValue + PartialEq> Reconciler for RefoldReconciler<E, V> {
     }
 
     fn reconcile(&self, key: &SampleKey) -> Result<ReconcileResult, ReconcileFailure> {
-        let expected = self.expected_row(key)?;
-        compare_row(&self.store, self.table.name(), key, expected, "the journal folds to no row")
+        // The journal and the row are read in one snapshot, so that a commit between the
+        // two reads cannot look like drift.
+        let snapshot = self.store.snapshot()?;
+        let expected = self.expected_row_in(&snapshot, key)?;
+        compare_row_in(&snapshot, self.table.name(), key, expected, "the journal folds to no row")
     }
 }
 
@@ -143,7 +151,22 @@ pub fn compare_row<V: ViewValue + PartialEq>(
     expected: Option<V>,
     why_none: &str,
 ) -> Result<ReconcileResult, ReconcileFailure> {
-    let stored = match store.raw_row(read_model, key.as_bytes())? {
+    compare_row_in(&store.snapshot()?, read_model, key, expected, why_none)
+}
+
+/// [`compare_row`], reading the stored row in `snapshot`: the one `expected` was computed
+/// in, so that nothing committed in between is taken for drift.
+///
+/// # Errors
+/// [`ReconcileFailure::Read`] when the row cannot be read.
+pub fn compare_row_in<V: ViewValue + PartialEq>(
+    snapshot: &Snapshot,
+    read_model: &str,
+    key: &SampleKey,
+    expected: Option<V>,
+    why_none: &str,
+) -> Result<ReconcileResult, ReconcileFailure> {
+    let stored = match snapshot.raw_row(read_model, key.as_bytes())? {
         None => None,
         Some(bytes) => match codec::decode::<V>(&bytes) {
             Ok(row) => Some(row),

@@ -190,6 +190,68 @@ fn get_meta_value<T: DeserializeOwned>(
     }
 }
 
+/// Reads that see one moment of the file: see [`Store::snapshot`].
+pub struct Snapshot {
+    txn: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// One raw row of a read model, ignoring its kill switch.
+    ///
+    /// # Errors
+    /// [`ReadError::Storage`] when storage fails.
+    pub fn raw_row(&self, read_model: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        contain_read("raw_row", || {
+            let name = physical(read_model);
+            let table = match self.txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table.get(key)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Every journal entry of one aggregate, in journal order.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails or an entry is damaged.
+    pub fn journal_for_aggregate(&self, aggregate_id: &str) -> Result<Vec<JournalEntry>, ReadError> {
+        contain_read("journal_for_aggregate", || {
+            let by_aggregate = self.txn.open_table(JOURNAL_BY_AGGREGATE)?;
+            let journal = self.txn.open_table(JOURNAL)?;
+            let mut out = Vec::new();
+            let decode = |v: &[u8]| -> Result<JournalEntry, ReadError> {
+                codec::decode(v).map_err(|source| ReadError::Codec { table: "journal".into(), source })
+            };
+            for item in by_aggregate.range((aggregate_id, 0u64)..=(aggregate_id, u64::MAX))? {
+                let (k, _) = item?;
+                let (_, position) = k.value();
+                if let Some(v) = journal.get(position)? {
+                    out.push(decode(v.value())?);
+                }
+            }
+            // Entries not yet filed in the per-aggregate index.
+            let meta = self.txn.open_table(META)?;
+            let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
+            for item in journal.range(filed.saturating_add(1)..)? {
+                let (_, v) = item?;
+                let entry = decode(v.value())?;
+                if entry.aggregate_id == aggregate_id {
+                    out.push(entry);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
 impl Store {
     /// Opens a read model for reading, checking its schema and its kill switch in the same
     /// snapshot.
@@ -254,16 +316,18 @@ impl Store {
     /// # Errors
     /// [`ReadError::Storage`] when storage fails.
     pub fn raw_row(&self, read_model: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
-        contain_read("raw_row", || {
-            let txn = self.db.begin_read()?;
-            let name = physical(read_model);
-            let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(table.get(key)?.map(|v| v.value().to_vec()))
-        })
+        self.snapshot()?.raw_row(read_model, key)
+    }
+
+    /// A consistent view of the file as of now, for several reads that must agree with one
+    /// another (a read model's row and the journal it was folded from, say): every read
+    /// through it sees the same commits, whatever commits in the meantime. Hold it briefly:
+    /// while it is open, the pages it sees cannot be reused.
+    ///
+    /// # Errors
+    /// [`ReadError::Storage`] when storage fails.
+    pub fn snapshot(&self) -> Result<Snapshot, ReadError> {
+        contain_read("snapshot", || Ok(Snapshot { txn: self.db.begin_read()? }))
     }
 
     /// The last journal position handed out (0 when the journal is empty).
@@ -303,33 +367,7 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails or an entry is damaged.
     pub fn journal_for_aggregate(&self, aggregate_id: &str) -> Result<Vec<JournalEntry>, ReadError> {
-        contain_read("journal_for_aggregate", || {
-            let txn = self.db.begin_read()?;
-            let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
-            let journal = txn.open_table(JOURNAL)?;
-            let mut out = Vec::new();
-            let decode = |v: &[u8]| -> Result<JournalEntry, ReadError> {
-                codec::decode(v).map_err(|source| ReadError::Codec { table: "journal".into(), source })
-            };
-            for item in by_aggregate.range((aggregate_id, 0u64)..=(aggregate_id, u64::MAX))? {
-                let (k, _) = item?;
-                let (_, position) = k.value();
-                if let Some(v) = journal.get(position)? {
-                    out.push(decode(v.value())?);
-                }
-            }
-            // Entries not yet filed in the per-aggregate index.
-            let meta = txn.open_table(META)?;
-            let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
-            for item in journal.range(filed.saturating_add(1)..)? {
-                let (_, v) = item?;
-                let entry = decode(v.value())?;
-                if entry.aggregate_id == aggregate_id {
-                    out.push(entry);
-                }
-            }
-            Ok(out)
-        })
+        self.snapshot()?.journal_for_aggregate(aggregate_id)
     }
 
     /// How many journal entries are not yet filed in the per-aggregate index, as of this

@@ -122,5 +122,5 @@ pub use driftless_domain::{
 pub use driftless_storage::{
     BatchReport, CommitError, DeadLetter, Delivery, Durability, EventOutcome, EventReport, Feed,
     HandlerOutcome, HandlerOutcomes, KillSwitch, OpenError, ReadAnswer, ReadError, ReadRepository,
-    ReplayReport, Store,
+    ReplayReport, Snapshot, Store,
 };
