@@ -15,7 +15,8 @@
 //! - `reads`: point reads of `listing_card`, raw redb get-and-decode against the read
 //!   repository, and the cost of checking one stored value's checksum;
 //! - `rebuild`: a rebuild of `listing_card` from a 200,000-entry journal;
-//! - `reconcile`: full refold reconciliation of a 100,000-row `listing_card`;
+//! - `reconcile`: full refold reconciliation of a 100,000-row `listing_card`, with the
+//!   process's CPU time per key;
 //! - `producers`: 8 producer threads, 64 receipts in flight each, 200,000 events; prints
 //!   the dispatch-to-commit latency percentiles and the writer's CPU time per event;
 //! - `rss EVENTS CACHE_MIB`: peak RSS of ingesting EVENTS events, generated in slices of
@@ -25,9 +26,9 @@
 use driftless::Durability;
 use driftless_benches::{
     applied_events, driftless_ingest, driftless_point_reads, filled_engine, filled_redb, listing_cards,
-    lookup_keys, open_engine, open_engine_with, peak_rss_bytes, producer_parts, rebuild_listing_card,
-    reconcile_fixture, reconcile_listing_card, redb_point_reads, run_producers, this_thread_cpu_nanos,
-    thread_cpu_nanos, workload, Error, RedbBaseline, PRODUCERS,
+    lookup_keys, open_engine, open_engine_with, peak_rss_bytes, process_cpu_nanos, producer_parts,
+    rebuild_listing_card, reconcile_fixture, reconcile_listing_card, redb_point_reads, run_producers,
+    this_thread_cpu_nanos, thread_cpu_nanos, workload, Error, RedbBaseline, PRODUCERS,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -195,9 +196,15 @@ fn reconcile() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let (engine, harness) = reconcile_fixture(&dir.path().join("d.redb"), 100_000, 400_000)?;
     for _ in 0..rounds() {
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), process_cpu_nanos());
         let keys = reconcile_listing_card(&harness)?;
-        println!("reconcile: {:.0} keys/s ({keys} keys)", keys as f64 / t.elapsed().as_secs_f64());
+        let wall = t.elapsed().as_secs_f64();
+        // CPU time of the whole process (the workers exit with the run) per key.
+        let per_key = match (cpu, process_cpu_nanos()) {
+            (Some(b), Some(a)) => format!("{:.1} µs", a.saturating_sub(b) as f64 / 1e3 / keys.max(1) as f64),
+            _ => "unknown".into(),
+        };
+        println!("reconcile: {:.0} keys/s ({keys} keys), process CPU per key {per_key}", keys as f64 / wall);
     }
     drop(harness);
     engine.shutdown()?;

@@ -513,6 +513,20 @@ fn ran_nanos(schedstat: &Path) -> Option<u64> {
     std::fs::read_to_string(schedstat).ok()?.split_whitespace().next()?.parse().ok()
 }
 
+/// CPU time this process has used, user and system, in nanoseconds (Linux), if known: the
+/// threads that have exited included, unlike [`thread_cpu_nanos`].
+#[must_use]
+pub fn process_cpu_nanos() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which is in parentheses and may hold spaces):
+    // utime and stime are the 12th and 13th of them, in clock ticks (100 per second here).
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * 10_000_000)
+}
+
 /// Peak resident set size of this process, in bytes (Linux), if known.
 #[must_use]
 pub fn peak_rss_bytes() -> Option<u64> {
