@@ -206,3 +206,52 @@ fn with_a_tiny_cache_io_errors_inside_transactions_are_reported_too() -> TestRes
     // success). From the killed database only: creating one is the same as above.
     sweep(Some(16 * 1024), "16 KiB cache", false)
 }
+
+/// Every event dispatched on its own (one message each), all in flight at once, so that
+/// the writer gathers many messages into a commit while it processes them. With a 16 KiB
+/// page cache redb writes pages out while events are processed, so failures also land
+/// between two messages of one commit. Returns, per receipt, `None` for a commit and the
+/// failure's text otherwise; an answer other than a commit or a failed commit is an error.
+fn singles_in_flight(disk: &SimDisk, events: &[ListingEvent]) -> TestResult<Option<Vec<Option<String>>>> {
+    let Ok(engine) = open_with_cache(disk, Some(16 * 1024)) else { return Ok(None) };
+    let mut receipts = Vec::new();
+    for event in events {
+        match engine.dispatch(event.clone()) {
+            Ok(r) => receipts.push(r),
+            Err(DispatchError::Poisoned(_)) => break,
+            Err(e) => return Err(format!("a dispatch failed without poisoning: {e}").into()),
+        }
+    }
+    let mut answers = Vec::new();
+    for receipt in receipts {
+        match receipt.wait() {
+            Ok(_) => answers.push(None),
+            Err(NotCommitted::CommitFailed(failure)) => answers.push(Some(failure)),
+            Err(e) => return Err(format!("a receipt resolved with {e}").into()),
+        }
+    }
+    drop(engine.shutdown());
+    Ok(Some(answers))
+}
+
+#[test]
+fn every_message_of_a_failed_commit_is_answered_with_the_failure() -> TestResult {
+    let batches = small_batches();
+    let image = killed_after_first_batch(&batches)?;
+    let events: Vec<ListingEvent> = batches.iter().skip(1).flatten().cloned().collect();
+    let reference = SimDisk::from_image(image.clone(), Fault::None);
+    let answers = singles_in_flight(&reference, &events)?.ok_or("the reference open failed")?;
+    ensure!(answers.iter().all(Option::is_none), "the reference run failed: {answers:?}");
+    let mut failed_receipts = 0usize;
+    for n in 1..=reference.ops() {
+        let case = format!("failing from operation {n} of {}", reference.ops());
+        let disk = SimDisk::from_image(image.clone(), Fault::FailFrom(n, ErrorKind::Generic));
+        let Some(answers) = no_panic(&case, || singles_in_flight(&disk, &events))? else { continue };
+        for failure in answers.iter().flatten() {
+            ensure_names(failure, ErrorKind::Generic, &format!("{case}: a receipt's error"))?;
+            failed_receipts += 1;
+        }
+    }
+    ensure!(failed_receipts > 0, "no receipt saw a failure");
+    Ok(())
+}

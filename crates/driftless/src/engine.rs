@@ -1163,9 +1163,13 @@ fn commit_group<E: Event>(
                 shared.taken(m);
             }
             match next {
-                Some(Msg::Events { mut events, reply }) => {
-                    events.iter_mut().try_for_each(|ev| feed.push(ev))?;
+                Some(Msg::Events { events, reply }) => {
+                    // In the group before its events are pushed: a failure while pushing them
+                    // answers this message with the failure too.
                     group.push((events, reply));
+                    if let Some((events, _)) = group.last_mut() {
+                        events.iter_mut().try_for_each(|ev| feed.push(ev))?;
+                    }
                 }
                 Some(other) => {
                     carry = Some(other);
