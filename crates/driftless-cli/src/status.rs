@@ -139,7 +139,7 @@ pub fn describe() {
     metrics::describe_histogram!(
         "driftless_commit_seconds",
         metrics::Unit::Seconds,
-        "Wall time of one commit."
+        "Wall time of one commit's transaction, from its start to its sync: processing its events and, for the writer, taking the messages that arrive meanwhile."
     );
     metrics::describe_histogram!("driftless_batch_events", "Events in one commit.");
     metrics::describe_histogram!(

@@ -1134,21 +1134,26 @@ fn commit_group<E: Event>(
     expected: usize,
     lingering: bool,
 ) -> (usize, usize, Option<Msg<E>>) {
+    // Every message taken is in the group before its events are pushed, so that a failure
+    // (or a poisoned store, which pushes nothing) answers it with the failure too.
     let mut group = vec![first];
     let mut carry = None;
     let mut reports = commit_events(shared, expected, |feed| {
         let started = Instant::now();
-        // Each message is processed as it is taken, so gathering the next ones costs the
-        // writer nothing but the wait for them.
-        if let Some((events, _)) = group.first_mut() {
-            events.iter_mut().try_for_each(|ev| feed.push(ev))?;
-        }
         let deadline = started + shared.options.max_batch_wait;
         // The senders the last commit answered send again within moments: waiting for them
         // briefly makes one commit of what would be two.
         let linger = lingering.then(|| started + LINGER_MAX);
-        while feed.len() < shared.options.max_batch_events {
-            let next = match rx.try_recv() {
+        loop {
+            // The message just taken is processed at once, so gathering the next ones costs
+            // the writer only the wait for them.
+            if let Some((events, _)) = group.last_mut() {
+                events.iter_mut().try_for_each(|ev| feed.push(ev))?;
+            }
+            if feed.len() >= shared.options.max_batch_events {
+                break;
+            }
+            let taken = match rx.try_recv() {
                 Ok(m) => Some(m),
                 Err(TryRecvError::Disconnected) => None,
                 Err(TryRecvError::Empty) if !shared.options.max_batch_wait.is_zero() => {
@@ -1159,18 +1164,11 @@ fn commit_group<E: Event>(
                     None => None,
                 },
             };
-            if let Some(m) = &next {
+            if let Some(m) = &taken {
                 shared.taken(m);
             }
-            match next {
-                Some(Msg::Events { events, reply }) => {
-                    // In the group before its events are pushed: a failure while pushing them
-                    // answers this message with the failure too.
-                    group.push((events, reply));
-                    if let Some((events, _)) = group.last_mut() {
-                        events.iter_mut().try_for_each(|ev| feed.push(ev))?;
-                    }
-                }
+            match taken {
+                Some(Msg::Events { events, reply }) => group.push((events, reply)),
                 Some(other) => {
                     carry = Some(other);
                     break;
@@ -1229,6 +1227,7 @@ fn commit_events<E: Event>(
             Err(NotCommitted::CommitFailed(msg))
         }
     };
+    // The whole transaction: a group's processing and its gathering are one.
     metrics::histogram!("driftless_commit_seconds").record(started.elapsed().as_secs_f64());
     if let Ok(reports) = &result {
         metrics::histogram!("driftless_batch_events").record(reports.len() as f64);
