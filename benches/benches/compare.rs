@@ -11,7 +11,7 @@
 
 use driftless_benches::{
     applied_events, driftless_ingest, driftless_point_reads, ingest_in_slices, listing_cards, lookup_keys,
-    open_engine, peak_rss_bytes, producer_parts, rebuild_listing_card, reconcile_fixture,
+    open_engine, peak_rss_bytes, producer_parts, quantile_ms, rebuild_listing_card, reconcile_fixture,
     reconcile_listing_card, redb_point_reads, run_producers, workload, Error, RedbBaseline, SqliteBaseline,
     FILL_BATCH, PRODUCERS,
 };
@@ -178,9 +178,8 @@ fn concurrent(stream: &[ListingEvent], window: usize, runs: usize) -> Result<(f6
         let mut lat: Vec<Duration> = run_producers(&engine, parts, window);
         rates.push(stream.len() as f64 / t.elapsed().as_secs_f64());
         lat.sort();
-        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
-        p50s.push(p(0.5));
-        p99s.push(p(0.99));
+        p50s.push(quantile_ms(&lat, 0.5));
+        p99s.push(quantile_ms(&lat, 0.99));
         Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.shutdown()?;
     }
     Ok((median(rates), median(p50s), median(p99s)))

@@ -27,8 +27,8 @@ use driftless::Durability;
 use driftless_benches::{
     applied_events, driftless_ingest, driftless_point_reads, filled_engine, filled_redb, listing_cards,
     lookup_keys, open_engine, open_engine_with, peak_rss_bytes, process_cpu_nanos, producer_parts,
-    rebuild_listing_card, reconcile_fixture, reconcile_listing_card, redb_point_reads, run_producers,
-    this_thread_cpu_nanos, thread_cpu_nanos, workload, Error, RedbBaseline, PRODUCERS,
+    quantile_ms, rebuild_listing_card, reconcile_fixture, reconcile_listing_card, redb_point_reads,
+    run_producers, this_thread_cpu_nanos, thread_cpu_nanos, workload, Error, RedbBaseline, PRODUCERS,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -222,10 +222,7 @@ fn producers() -> Result<(), Error> {
         let rate = per_second(stream.len(), t);
         let cpu = cpu_per_event(&before, stream.len());
         lat.sort();
-        let ms = |q: f64| {
-            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
+        let ms = |q: f64| quantile_ms(&lat, q);
         println!(
             "producers: {rate:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; CPU ns/event: {cpu}",
             ms(0.5),

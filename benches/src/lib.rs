@@ -453,6 +453,13 @@ pub fn run_producers(
     handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
 }
 
+/// The `q` quantile (0 to 1) of sorted latencies, in milliseconds; 0 for none.
+#[must_use]
+pub fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
 /// Rebuilds `listing_card` from the journal.
 pub fn rebuild_listing_card(engine: &driftless::Engine<ListingEvent>) -> Result<(), Error> {
     engine.rebuild("listing_card")?;
