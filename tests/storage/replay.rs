@@ -356,12 +356,22 @@ fn a_rebuild_applies_an_event_journaled_twice_once() -> TestResult {
     let healed = Tables::read(&store)?;
     ensure_eq!(healed.sums.get("k0"), Some(&12), "sum of k0 before the rebuild");
 
-    // The rebuild meets x twice: it applies the first entry and skips the second.
+    let applied_at = |id: &str| -> Result<Option<Timestamp>, TestError> {
+        Ok(store.offset(id, SUM)?.map(|o| o.applied_at))
+    };
+    ensure_eq!((applied_at("x")?, applied_at("y")?), (Some(Timestamp(20)), Some(Timestamp(10))), "offsets");
+
+    // The rebuild meets x twice: it applies the first entry and skips the second. The
+    // offsets it applies again keep the time they were first applied at.
     for round in 0..2 {
         let r = store.rebuild(&registry, sum, Timestamp(30 + round), &mut |_, _| {})?;
         ensure_eq!((r.replayed, r.applied, r.dead_lettered), (3, 2, 0), "rebuild {round} of sum, healed");
         ensure_eq!(Tables::read(&store)?, healed, "tables after rebuild {round} of sum, healed");
-        ensure!(store.offset("x", SUM)?.is_some(), "sum lost x in rebuild {round}");
+        ensure_eq!(
+            (applied_at("x")?, applied_at("y")?),
+            (Some(Timestamp(20)), Some(Timestamp(10))),
+            "offsets after rebuild {round}"
+        );
         ensure!(store.dead_letters(Some(SUM))?.is_empty(), "dead letters of sum after rebuild {round}");
     }
 
@@ -378,10 +388,21 @@ fn a_rebuild_applies_an_event_journaled_twice_once() -> TestResult {
         store.dead_letters(Some(SUM))?.into_iter().map(|d| (d.event_id, d.position)).collect();
     ensure_eq!(letters, vec![("x".to_string(), 3)], "dead letters of sum");
 
-    // Healed again: x is applied once more, at its first entry.
+    // Healed again: x is applied once more, at its first entry, and as it had no offset
+    // before this rebuild, its offset has the rebuild's time.
     faults.set_healed(true);
     let r = store.rebuild(&registry, sum, Timestamp(50), &mut |_, _| {})?;
     ensure_eq!((r.replayed, r.applied, r.dead_lettered), (3, 2, 0), "rebuild of sum, healed again");
     ensure_eq!(Tables::read(&store)?, healed, "tables after the last rebuild");
+    ensure_eq!(
+        (applied_at("x")?, applied_at("y")?),
+        (Some(Timestamp(50)), Some(Timestamp(10))),
+        "offsets after the last rebuild"
+    );
+    ensure_eq!(
+        store.offset("y", COUNT)?.map(|o| o.applied_at),
+        Some(Timestamp(10)),
+        "count's offset of y, through every rebuild of sum"
+    );
     Ok(())
 }

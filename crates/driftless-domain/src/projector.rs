@@ -152,13 +152,22 @@ pub type Write = Option<Vec<u8>>;
 pub struct WriteSet {
     applied: Vec<BTreeMap<Vec<u8>, Write>>,
     pending: Vec<(usize, Vec<u8>, Write)>,
+    /// About how many bytes the kept writes hold (see [`WriteSet::buffered_bytes`]).
+    bytes: usize,
+}
+
+/// What one kept write is counted as in [`WriteSet::buffered_bytes`]: its key and body,
+/// and about what a map entry and two vectors cost besides.
+fn write_bytes(key: &[u8], write: &Write) -> usize {
+    const ENTRY: usize = 64;
+    ENTRY + key.len() + write.as_ref().map_or(0, Vec::len)
 }
 
 impl WriteSet {
     /// An empty write set over `tables` table slots.
     #[must_use]
     pub fn new(tables: usize) -> Self {
-        Self { applied: (0..tables).map(|_| BTreeMap::new()).collect(), pending: Vec::new() }
+        Self { applied: (0..tables).map(|_| BTreeMap::new()).collect(), pending: Vec::new(), bytes: 0 }
     }
 
     /// A view handle for one projector, reaching only `tables`, reading through this write
@@ -176,7 +185,11 @@ impl WriteSet {
     pub fn keep_pending(&mut self) {
         for (slot, key, write) in self.pending.drain(..) {
             if let Some(table) = self.applied.get_mut(slot) {
-                table.insert(key, write);
+                let added = write_bytes(&key, &write);
+                let key_len = key.len();
+                // A replaced write was counted with the same key.
+                let replaced = table.insert(key, write).map_or(0, |old| write_bytes(&[], &old) + key_len);
+                self.bytes = self.bytes.saturating_add(added).saturating_sub(replaced);
             }
         }
     }
@@ -192,9 +205,18 @@ impl WriteSet {
         self.pending.is_empty() && self.applied.iter().all(BTreeMap::is_empty)
     }
 
+    /// About how many bytes of memory the kept writes hold: their keys and bodies and a
+    /// fixed cost per row. A caller that keeps a write set across many events (a rebuild)
+    /// takes it when this grows too large.
+    #[must_use]
+    pub fn buffered_bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Takes the kept writes, per table slot in key order, leaving the set empty.
     pub fn take(&mut self) -> Vec<BTreeMap<Vec<u8>, Write>> {
         self.pending.clear();
+        self.bytes = 0;
         let n = self.applied.len();
         std::mem::replace(&mut self.applied, (0..n).map(|_| BTreeMap::new()).collect())
     }
@@ -338,6 +360,46 @@ mod tests {
         let taken = set.take();
         assert_eq!(taken.first().and_then(|t| t.get(b"k".as_slice())), Some(&None));
         assert!(set.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn buffered_bytes_count_each_kept_row_once() -> Result<(), Box<dyn std::error::Error>> {
+        let committed = Committed(HashMap::new());
+        let handler = HandlerName::new("h")?;
+        let tables = slots();
+        let mut set = WriteSet::new(1);
+        let put = |set: &mut WriteSet, key: &str, value: u64| -> Result<(), ViewError> {
+            let mut views = set.views(&handler, &tables, &committed);
+            views.table(&A)?.put(&key.to_string(), &value)?;
+            set.keep_pending();
+            Ok(())
+        };
+        put(&mut set, "k", 1)?;
+        let one = set.buffered_bytes();
+        assert!(one > 1);
+        // Rewriting a row replaces its count; a second row adds its own.
+        for v in 2..50 {
+            put(&mut set, "k", v)?;
+        }
+        assert_eq!(set.buffered_bytes(), one);
+        put(&mut set, "j", 1)?;
+        assert_eq!(set.buffered_bytes(), 2 * one);
+        // A discarded write is not counted; a removal is counted without a body.
+        {
+            let mut views = set.views(&handler, &tables, &committed);
+            views.table(&A)?.put(&"x".to_string(), &1)?;
+        }
+        set.discard_pending();
+        assert_eq!(set.buffered_bytes(), 2 * one);
+        {
+            let mut views = set.views(&handler, &tables, &committed);
+            views.table(&A)?.remove(&"k".to_string());
+        }
+        set.keep_pending();
+        assert!(set.buffered_bytes() < 2 * one);
+        set.take();
+        assert_eq!(set.buffered_bytes(), 0);
         Ok(())
     }
 

@@ -478,7 +478,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     }
 
     fn load_dead(&self, handler: &str, id: &str) -> Result<Option<DeadLetter>, CommitError> {
-        if let Some((_, d)) = self.dead_overlay.iter().find(|((h, i), _)| h == handler && i == id) {
+        if let Some(d) = self.dead_overlay.get(&(handler.to_string(), id.to_string())) {
             return Ok(d.clone());
         }
         decode_opt(self.dead.get((handler, id)).map_err(|e| self.store.fail(e))?)
@@ -501,9 +501,17 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         // the id's first journal entry, which is never after the position of the delivery
         // first applied. A bit set by the rebuild itself is after that position, since the
         // rebuild moves the position back to where it applied (below).
+        //
+        // Where the replay applies the id again, the offset keeps the time it was first
+        // applied at, so that a row the rebuild leaves as it was is not written again:
+        // `stored` is the row as it was, to compare with at the end.
         let mut cleared = false;
+        let mut stored = None;
+        let mut kept_at = None;
         if let (Some(slot), Some(r)) = (self.rebuilding, row.as_mut()) {
             if r.has(slot) && (r.position == 0 || known_position <= r.position) {
+                stored = Some(r.clone());
+                kept_at = Some(r.applied_at_of(slot));
                 r.clear(slot);
                 if r.is_empty() {
                     row = None;
@@ -590,22 +598,23 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             match result {
                 Ok(handled) => {
                     self.ws.keep_pending();
+                    let at = kept_at.unwrap_or(self.now.0);
                     let r = row.get_or_insert_with(|| IndexRow {
                         position: pos,
-                        applied_at: self.now.0,
+                        applied_at: at,
                         hash: ev.hash.0,
                         applied: Vec::new(),
                         late: Vec::new(),
                     });
                     if r.is_empty() {
                         r.position = pos;
-                        r.applied_at = self.now.0;
+                        r.applied_at = at;
                         r.hash = ev.hash.0;
                         r.late.clear();
                     } else if self.rebuilding == Some(h.slot) && (r.position == 0 || pos < r.position) {
                         r.position = pos;
                     }
-                    r.set(h.slot, self.now.0);
+                    r.set(h.slot, at);
                     changed = true;
                     if let Some(rec) = self.records.get_mut(k) {
                         if handled {
@@ -633,7 +642,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         if changed && was_new && needs_id_entry {
             self.ids_overlay.insert(id.to_string(), ev.event.occurred_at().0);
         }
-        if changed || cleared {
+        if (changed || cleared) && (stored.is_none() || stored != row) {
             self.index_overlay.insert(key, row);
         }
         if self.mode == Mode::Replay {
@@ -670,14 +679,15 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         if self.dead_filter.is_none() {
             self.dead_filter = Some(self.build_dead_filter()?);
         }
+        // The filter holds every stored dead letter and every one this batch recorded, so a
+        // key it lacks has none to clear: at most a removal by this batch, already done.
         if let Some(Some(filter)) = &self.dead_filter {
-            let in_overlay = self.dead_overlay.keys().any(|(hn, i)| hn == name && i == id);
-            if !in_overlay && !filter.contains(&dead_key_hash(name, id)) {
+            if !filter.contains(&dead_key_hash(name, id)) {
                 return Ok(());
             }
         }
-        let exists = match self.dead_overlay.iter().find(|((hn, i), _)| hn == name && i == id) {
-            Some((_, d)) => d.is_some(),
+        let exists = match self.dead_overlay.get(&(name.to_string(), id.to_string())) {
+            Some(d) => d.is_some(),
             None => self.dead.get((name, id)).map_err(|e| self.store.fail(e))?.is_some(),
         };
         if exists {
@@ -760,11 +770,14 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     /// Writes the buffered rows, index rows, journal keys and dead letters into the
     /// transaction, in key order.
     fn flush(&mut self) -> Result<(), CommitError> {
+        self.flush_rows()?;
+        self.flush_bookkeeping()
+    }
+
+    /// Writes the buffered read-model rows into the transaction, in key order.
+    fn flush_rows(&mut self) -> Result<(), CommitError> {
         let store = self.store;
-        self.wrote |= !self.ws.is_empty()
-            || !self.index_overlay.is_empty()
-            || !self.ids_overlay.is_empty()
-            || !self.dead_overlay.is_empty();
+        self.wrote |= !self.ws.is_empty();
         for (slot, rows) in self.ws.take().into_iter().enumerate() {
             let Some(Some(table)) = self.rm.get_mut(slot) else { continue };
             for (key, write) in rows {
@@ -779,6 +792,15 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 .map_err(|e| store.fail(e))?;
             }
         }
+        Ok(())
+    }
+
+    /// Writes the buffered index rows, journal keys and dead letters into the transaction,
+    /// in key order.
+    fn flush_bookkeeping(&mut self) -> Result<(), CommitError> {
+        let store = self.store;
+        self.wrote |=
+            !self.index_overlay.is_empty() || !self.ids_overlay.is_empty() || !self.dead_overlay.is_empty();
         for (key, row) in std::mem::take(&mut self.index_overlay) {
             match row {
                 Some(row) if !row.is_empty() => {
@@ -948,6 +970,10 @@ fn file_aggregates(
 
 /// How many journal entries one catch-up or rebuild step reads at a time.
 const REPLAY_CHUNK: usize = 4096;
+
+/// About how many bytes of read-model rows a rebuild keeps buffered before it writes them
+/// into its transaction (see [`WriteSet::buffered_bytes`]).
+const REBUILD_ROW_BUFFER: usize = 32 << 20;
 
 /// What a catch-up or rebuild did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1125,6 +1151,10 @@ impl Store {
     /// tables, and the shadows replace the live tables — all in ONE write transaction, so a
     /// reader sees the old tables until the commit and the new ones after it.
     ///
+    /// An offset the handler had before keeps its applied-at time where the replay applies
+    /// the event again; an event it applies for the first time (a dead letter that now
+    /// succeeds) gets `now`.
+    ///
     /// # Errors
     /// [`CommitError::NoJournal`] without a journal; otherwise as [`Store::project`].
     pub fn rebuild<E: Event>(
@@ -1203,7 +1233,14 @@ impl Store {
                         let r = batch.process(ev, *position)?;
                         report.count(&r);
                     }
-                    batch.flush()?;
+                    // The bookkeeping of each chunk is written as it is done, while the
+                    // rows are kept until they take too much memory: a row most events
+                    // touch is then written once or a few times, not once per chunk, and
+                    // read back from the buffer rather than from the table.
+                    batch.flush_bookkeeping()?;
+                    if batch.ws.buffered_bytes() > REBUILD_ROW_BUFFER {
+                        batch.flush_rows()?;
+                    }
                     caller(|| progress(last, head));
                     next = last + 1;
                 }
