@@ -65,7 +65,7 @@ pub use harness::{
     DEFAULT_LIST_TIMEOUT, DEFAULT_MAX_ABANDONED_WORKERS, DEFAULT_POLL_INTERVAL, DEFAULT_POPULATION_LIMIT,
     DEFAULT_SAMPLE_BUDGET, DEFAULT_WORKERS, LEASE_KEY,
 };
-pub use port::{FnReconciler, ReconcileFailure, Reconciler};
+pub use port::{FnReconciler, ReconcileFailure, ReconcileSession, Reconciler};
 pub use refold::{compare_row, compare_row_in, RefoldReconciler};
 pub use report::{
     DriftedKey, FailureKind, Interruption, KeyFailure, LogPager, Page, Pager, ReadModelReport, RunReport,

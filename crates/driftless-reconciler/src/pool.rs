@@ -1,7 +1,7 @@
 //! The worker pool of one read model's run: named threads, a bounded job channel, a
 //! per-key timeout, and abandonment of workers stuck in a hung reconciler.
 
-use crate::port::Reconciler;
+use crate::port::{ReconcileSession, Reconciler};
 use crate::report::FailureKind;
 use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender};
 use driftless_domain::{ReconcileMode, ReconcileResult, SampleKey};
@@ -86,14 +86,31 @@ struct Shared {
     results: Sender<Vec<(usize, KeyOutcome)>>,
 }
 
-fn check_one(reconciler: &dyn Reconciler, key: &SampleKey) -> KeyOutcome {
-    match catch_unwind(AssertUnwindSafe(|| reconciler.reconcile(key))) {
+/// A chunk's session: not asked for yet, or what [`Reconciler::session`] gave.
+type ChunkSession<'r> = Option<Option<Box<dyn ReconcileSession + 'r>>>;
+
+/// Checks `key` through the chunk's session, asking for one first if need be. A panic drops
+/// the session: the next key of the chunk asks for a new one.
+fn check_one<'r>(
+    reconciler: &'r dyn Reconciler,
+    session: &mut ChunkSession<'r>,
+    key: &SampleKey,
+) -> KeyOutcome {
+    let checked =
+        catch_unwind(AssertUnwindSafe(|| match session.get_or_insert_with(|| reconciler.session()) {
+            Some(session) => session.reconcile(key),
+            None => reconciler.reconcile(key),
+        }));
+    match checked {
         Ok(Ok(result)) => KeyOutcome::Checked(result),
         Ok(Err(e)) => KeyOutcome::Failed { kind: FailureKind::Error, reason: e.to_string() },
-        Err(payload) => KeyOutcome::Failed {
-            kind: FailureKind::Panic,
-            reason: format!("the reconciler panicked: {}", panic_message(payload.as_ref())),
-        },
+        Err(payload) => {
+            *session = None;
+            KeyOutcome::Failed {
+                kind: FailureKind::Panic,
+                reason: format!("the reconciler panicked: {}", panic_message(payload.as_ref())),
+            }
+        }
     }
 }
 
@@ -107,10 +124,11 @@ fn spawn_worker(id: usize, shared: &Shared) -> std::io::Result<Worker> {
     let handle = std::thread::Builder::new().name(format!("driftless-reconcile-{id}")).spawn(move || {
         while let Ok(chunk) = jobs.recv() {
             mine.lock().chunk_end = chunk.end;
+            let mut session = None;
             for index in chunk {
                 let Some(key) = keys.get(index) else { continue };
                 mine.lock().busy = Some((index, Instant::now()));
-                let outcome = check_one(reconciler.as_ref(), key);
+                let outcome = check_one(reconciler.as_ref(), &mut session, key);
                 let mut state = mine.lock();
                 state.busy = None;
                 if state.abandoned {
@@ -118,6 +136,7 @@ fn spawn_worker(id: usize, shared: &Shared) -> std::io::Result<Worker> {
                 }
                 state.done.push((index, outcome));
             }
+            drop(session);
             let done = std::mem::take(&mut mine.lock().done);
             if results.send(done).is_err() {
                 return;

@@ -43,6 +43,30 @@ pub trait Reconciler: Send + Sync + 'static {
     /// [`ReconcileFailure`] when the key cannot be checked (a storage failure, an
     /// undecodable event). A damaged *stored row* is drift, not an error.
     fn reconcile(&self, key: &SampleKey) -> Result<ReconcileResult, ReconcileFailure>;
+
+    /// A session that checks several keys in a row on one worker thread, for a reconciler
+    /// that can share work between them: one read snapshot and its open tables, say.
+    ///
+    /// The harness's workers take keys in chunks of up to 64. A worker asks for a session
+    /// when it starts a chunk, checks each key of the chunk through it in turn (with the
+    /// same timeout and panic handling as [`Self::reconcile`]), and drops it when the chunk
+    /// is done or a check panicked; so a session holds what it keeps (a snapshot delays the
+    /// reuse of the file's freed pages) for one chunk at most. The default, `None`, checks
+    /// every key with [`Self::reconcile`].
+    fn session(&self) -> Option<Box<dyn ReconcileSession + '_>> {
+        None
+    }
+}
+
+/// Checks keys for one worker thread: see [`Reconciler::session`].
+pub trait ReconcileSession {
+    /// As [`Reconciler::reconcile`]. Each key must be checked as consistently as there: a
+    /// session may see the database as it was when the session began, but never a row and
+    /// its source of truth as of two different moments.
+    ///
+    /// # Errors
+    /// As [`Reconciler::reconcile`].
+    fn reconcile(&mut self, key: &SampleKey) -> Result<ReconcileResult, ReconcileFailure>;
 }
 
 /// Why a reconciler could not list its keys or check one key.

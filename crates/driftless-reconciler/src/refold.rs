@@ -1,9 +1,9 @@
 //! The built-in reconciler of per-aggregate read models: refold the journal, compare.
 
-use crate::port::{ReconcileFailure, Reconciler};
+use crate::port::{ReconcileFailure, ReconcileSession, Reconciler};
 use driftless_domain::codec;
 use driftless_domain::{Event, ReconcileMode, ReconcileResult, SampleKey, TableDef, ViewValue};
-use driftless_storage::{Snapshot, Store};
+use driftless_storage::{EventBodies, Snapshot, Store};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
@@ -25,7 +25,9 @@ type FoldFn<E, V> = dyn Fn(&[E]) -> Option<V> + Send + Sync;
 /// `stored row differs: Card { price: 500 } vs expected Card { price: 450 }`. A journal
 /// event that does not decode is an error (the source of truth is unreadable), not drift.
 ///
-/// Its keys are the aggregate ids found in the table or in the journal, in byte order.
+/// Its keys are the aggregate ids found in the table or in the journal, in byte order. The
+/// harness's workers check a chunk of keys through one [`ReconcileSession`], which reads
+/// them all in one snapshot.
 ///
 /// ```no_run
 /// # use driftless_domain::{Event, TableDef, Timestamp};
@@ -69,20 +71,56 @@ impl<E: Event, V: ViewValue + PartialEq> RefoldReconciler<E, V> {
     /// # Errors
     /// [`ReconcileFailure`] when the journal cannot be read or an event does not decode.
     pub fn expected_row(&self, key: &str) -> Result<Option<V>, ReconcileFailure> {
-        self.expected_row_in(&self.store.snapshot()?, key)
+        let mut session = RefoldSession::new(self);
+        let snapshot = self.store.snapshot()?;
+        session.expected_row_in(&snapshot, key)
+    }
+}
+
+/// A [`RefoldReconciler`]'s session: one snapshot, taken at its first key, for all its keys,
+/// and buffers reused from key to key.
+struct RefoldSession<'r, E, V> {
+    reconciler: &'r RefoldReconciler<E, V>,
+    snapshot: Option<Snapshot>,
+    bodies: EventBodies,
+}
+
+impl<'r, E: Event, V: ViewValue + PartialEq> RefoldSession<'r, E, V> {
+    fn new(reconciler: &'r RefoldReconciler<E, V>) -> Self {
+        Self { reconciler, snapshot: None, bodies: EventBodies::new() }
     }
 
-    /// [`RefoldReconciler::expected_row`], as of `snapshot`.
-    fn expected_row_in(&self, snapshot: &Snapshot, key: &str) -> Result<Option<V>, ReconcileFailure> {
-        if !self.store.journal_enabled() {
+    /// The row the journal says `key` should have, as of `snapshot`.
+    fn expected_row_in(&mut self, snapshot: &Snapshot, key: &str) -> Result<Option<V>, ReconcileFailure> {
+        if !self.reconciler.store.journal_enabled() {
             return Err(ReconcileFailure::NoJournal);
         }
-        let entries = snapshot.journal_for_aggregate(key)?;
-        let events = entries
-            .iter()
-            .map(|entry| codec::stable_decode::<E>(&entry.body))
-            .collect::<Result<Vec<E>, _>>()?;
-        Ok((self.fold)(&events))
+        self.bodies.clear();
+        snapshot.aggregate_bodies(key, &mut self.bodies)?;
+        let events = self.bodies.iter().map(codec::stable_decode::<E>).collect::<Result<Vec<E>, _>>()?;
+        Ok((self.reconciler.fold)(&events))
+    }
+}
+
+impl<E: Event, V: ViewValue + PartialEq> ReconcileSession for RefoldSession<'_, E, V> {
+    fn reconcile(&mut self, key: &SampleKey) -> Result<ReconcileResult, ReconcileFailure> {
+        // The journal and the row are read in one snapshot, so that a commit between the
+        // two reads cannot look like drift.
+        let snapshot = match self.snapshot.take() {
+            Some(snapshot) => snapshot,
+            None => self.reconciler.store.snapshot()?,
+        };
+        let checked = self.expected_row_in(&snapshot, key).and_then(|expected| {
+            compare_row_in(
+                &snapshot,
+                self.reconciler.table.name(),
+                key,
+                expected,
+                "the journal folds to no row",
+            )
+        });
+        self.snapshot = Some(snapshot);
+        checked
     }
 }
 
@@ -112,7 +150,7 @@ impl<E: Event, V: ViewValue + PartialEq> Reconciler for RefoldReconciler<E, V> {
         // Both sources are in byte order, so the first `sample_budget` keys of their union
         // are among the first `sample_budget` of each.
         let mut keys: BTreeSet<SampleKey> = BTreeSet::new();
-        for (raw_key, _) in self.store.raw_rows(self.table.name())?.into_iter().take(sample_budget) {
+        for raw_key in self.store.raw_keys(self.table.name(), sample_budget)? {
             match String::from_utf8(raw_key) {
                 Ok(key) => {
                     keys.insert(key);
@@ -129,11 +167,11 @@ impl<E: Event, V: ViewValue + PartialEq> Reconciler for RefoldReconciler<E, V> {
     }
 
     fn reconcile(&self, key: &SampleKey) -> Result<ReconcileResult, ReconcileFailure> {
-        // The journal and the row are read in one snapshot, so that a commit between the
-        // two reads cannot look like drift.
-        let snapshot = self.store.snapshot()?;
-        let expected = self.expected_row_in(&snapshot, key)?;
-        compare_row_in(&snapshot, self.table.name(), key, expected, "the journal folds to no row")
+        RefoldSession::new(self).reconcile(key)
+    }
+
+    fn session(&self) -> Option<Box<dyn ReconcileSession + '_>> {
+        Some(Box::new(RefoldSession::new(self)))
     }
 }
 

@@ -890,6 +890,92 @@ fn a_slot_missed_while_asleep_runs_once_and_never_after_a_restart() -> TestResul
     Ok(())
 }
 
+/// A [`Fake`] that checks its keys through sessions, logging which session checked which key.
+struct Sessions {
+    fake: Fake,
+    opened: std::sync::atomic::AtomicUsize,
+    log: Mutex<Vec<(usize, SampleKey)>>,
+    /// Keys checked without a session.
+    alone: Mutex<Vec<SampleKey>>,
+}
+
+struct Session<'a> {
+    owner: &'a Sessions,
+    id: usize,
+}
+
+impl Reconciler for Sessions {
+    fn read_model(&self) -> &str {
+        self.fake.read_model()
+    }
+
+    fn list_sample_keys(
+        &self,
+        mode: ReconcileMode,
+        budget: usize,
+    ) -> Result<Vec<SampleKey>, ReconcileFailure> {
+        self.fake.list_sample_keys(mode, budget)
+    }
+
+    fn reconcile(&self, key: &SampleKey) -> Result<ReconcileResult, ReconcileFailure> {
+        self.alone.lock().push(key.clone());
+        self.fake.reconcile(key)
+    }
+
+    fn session(&self) -> Option<Box<dyn ReconcileSession + '_>> {
+        let id = self.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Box::new(Session { owner: self, id }))
+    }
+}
+
+impl ReconcileSession for Session<'_> {
+    fn reconcile(&mut self, key: &SampleKey) -> Result<ReconcileResult, ReconcileFailure> {
+        self.owner.log.lock().push((self.id, key.clone()));
+        self.owner.fake.reconcile(key)
+    }
+}
+
+#[test]
+fn workers_check_a_chunk_through_one_session_and_replace_it_after_a_panic() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = open(&dir)?;
+    let mut fake = Fake::new("cards", 300);
+    fake.panicking = [key(7), key(130)].into();
+    fake.failing = [key(8)].into();
+    let sessions = Arc::new(Sessions {
+        fake: fake.drift([key(9)]),
+        opened: 0.into(),
+        log: Mutex::new(Vec::new()),
+        alone: Mutex::new(Vec::new()),
+    });
+    let harness =
+        builder(&store, &ManualClock::new(Timestamp(T0)), &[Arc::clone(&sessions) as Arc<dyn Reconciler>])
+            .build()?;
+
+    let report = harness.run_once(Full, None, None)?;
+    let cards = only(&report)?;
+    assert_eq!((cards.sampled, cards.drifted, cards.errors), (297, 1, 3));
+    assert_eq!(drifted_set(cards), [key(9)].into());
+    assert!(sessions.alone.lock().is_empty(), "keys checked without a session");
+    let log = sessions.log.lock().clone();
+    // Every key was checked once, through a session shared with other keys.
+    let checked: Vec<SampleKey> = log.iter().map(|(_, k)| k.clone()).collect();
+    assert_eq!(checked.len(), 300);
+    assert_eq!(checked.iter().cloned().collect::<BTreeSet<_>>().len(), 300);
+    let mut per_session = std::collections::BTreeMap::<usize, Vec<SampleKey>>::new();
+    for (id, k) in &log {
+        per_session.entry(*id).or_default().push(k.clone());
+    }
+    assert!(per_session.len() < 300 / 2, "{} sessions for 300 keys", per_session.len());
+    assert!(per_session.values().all(|keys| keys.len() <= 64), "a session outlived its chunk");
+    // A session that panicked checked nothing after the key it panicked on.
+    for panicked in [key(7), key(130)] {
+        let owner = per_session.values().find(|keys| keys.contains(&panicked)).ok_or("an unchecked key")?;
+        assert_eq!(owner.last(), Some(&panicked), "a session was used after it panicked");
+    }
+    Ok(())
+}
+
 #[test]
 fn a_panicking_reconciler_is_an_error_and_the_run_completes() -> TestResult {
     let dir = tempfile::tempdir()?;

@@ -6,8 +6,8 @@ use crate::outcomes::HandlerOutcomes;
 use crate::registry::Registry;
 use crate::schema::{
     canonical_time, index_key, index_key_into, physical, shadow, DeadLetter, HandlerRecord, IndexRow,
-    IndexRowHead, ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL,
-    JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
+    IndexRowHead, JournalEntryRef, JournalHead, ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX,
+    HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
 };
 use crate::store::Store;
 use driftless_domain::{
@@ -15,7 +15,6 @@ use driftless_domain::{
     Timestamp, ViewError, WriteSet,
 };
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -176,18 +175,6 @@ enum Mode {
     Live,
     /// Entries read back from the journal (catch-up, rebuild): positions are known.
     Replay,
-}
-
-/// A [`JournalEntry`](crate::schema::JournalEntry) in borrowed parts (same fields, same encoding).
-#[derive(Serialize, Deserialize)]
-struct JournalEntryRef<'a> {
-    position: u64,
-    #[serde(borrow)]
-    aggregate_id: &'a str,
-    occurred_at: Timestamp,
-    accepted_at: Timestamp,
-    #[serde(borrow)]
-    body: &'a [u8],
 }
 
 type RawTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
@@ -939,13 +926,6 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// there a filing inside a commit delays that commit by tens of milliseconds, so it is
 /// rare. Entries not yet filed are found by scanning the journal's tail.
 pub const AGGREGATE_FILING_MAX: u64 = 131_072;
-
-/// The leading fields of a stored [`JournalEntry`].
-#[derive(serde::Deserialize)]
-struct JournalHead {
-    position: u64,
-    aggregate_id: String,
-}
 
 /// Files journal entries `(after, upto]` in the per-aggregate index, in key order.
 fn file_aggregates(

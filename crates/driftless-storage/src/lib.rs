@@ -62,7 +62,7 @@ pub use commit::{
 };
 pub use error::{CommitError, OpenError, Poisoned, ReadError, RegisterError, StorageFailure};
 pub use outcomes::{HandlerOutcomes, HandlerOutcomesIter};
-pub use read::{RawRow, ReadAnswer, ReadRepository, Snapshot, TableFigures, ValueScan};
+pub use read::{EventBodies, RawRow, ReadAnswer, ReadRepository, Snapshot, TableFigures, ValueScan};
 pub use registry::{RegisteredHandler, Registry};
 pub use schema::{
     DeadLetter, HandlerRecord, JournalEntry, KillSwitch, ReadModelKind, ReadModelRecord, FORMAT_VERSION,

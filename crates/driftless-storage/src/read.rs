@@ -2,16 +2,18 @@
 
 use crate::error::{caller, contain_read, CommitError, ReadError};
 use crate::schema::{
-    canonical_time, index_key, physical, DeadLetter, HandlerRecord, IndexRow, JournalEntry, KillSwitch,
-    ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META,
-    META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
+    canonical_time, index_key, physical, DeadLetter, HandlerRecord, IndexRow, JournalEntry, JournalEntryRef,
+    JournalHead, KillSwitch, ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL,
+    JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
 };
 use crate::store::Store;
 use driftless_domain::{codec, OffsetRecord, TableDef, Timestamp, ViewKey, ViewValue};
+use parking_lot::Mutex;
 use redb::{
     ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
 };
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 
@@ -20,7 +22,7 @@ use std::ops::{Bound, RangeBounds};
 /// It has no write method: the only writers of a read model are its projector and, for a
 /// materialized view, its refresh. Reads never block on the writer (snapshot isolation).
 pub struct ReadRepository<K, V> {
-    table: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    table: Option<RawTable>,
     name: String,
     marker: PhantomData<fn() -> (K, V)>,
 }
@@ -191,8 +193,83 @@ fn get_meta_value<T: DeserializeOwned>(
 }
 
 /// Reads that see one moment of the file: see [`Store::snapshot`].
+///
+/// It opens each table it reads once, on first use, and keeps it open for its later reads:
+/// many reads through one snapshot cost less than as many through [`Store`].
 pub struct Snapshot {
     txn: redb::ReadTransaction,
+    open: Mutex<OpenTables>,
+}
+
+/// A read model's table, read raw.
+type RawTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// The tables a [`Snapshot`] has opened.
+#[derive(Default)]
+struct OpenTables {
+    journal: Option<JournalTables>,
+    /// The last read model read, and its table (`None` when it does not exist).
+    rows: Option<(String, Option<RawTable>)>,
+}
+
+/// The journal as a [`Snapshot`] reads it by aggregate.
+struct JournalTables {
+    journal: ReadOnlyTable<u64, &'static [u8]>,
+    by_aggregate: ReadOnlyTable<(&'static str, u64), ()>,
+    /// The positions of the entries not yet filed in the per-aggregate index, by aggregate,
+    /// in journal order (after every filed one).
+    unfiled: HashMap<String, Vec<u64>>,
+}
+
+impl JournalTables {
+    fn open(txn: &redb::ReadTransaction) -> Result<Self, ReadError> {
+        let meta = txn.open_table(META)?;
+        let journal = txn.open_table(JOURNAL)?;
+        let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
+        let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
+        let mut unfiled: HashMap<String, Vec<u64>> = HashMap::new();
+        for item in journal.range(filed.saturating_add(1)..)? {
+            let (_, v) = item?;
+            let head: JournalHead = codec::decode_prefix(v.value()).map_err(journal_damaged)?;
+            unfiled.entry(head.aggregate_id).or_default().push(head.position);
+        }
+        Ok(Self { journal, by_aggregate, unfiled })
+    }
+
+    /// Calls `visit` with each journal entry of `aggregate_id`, in journal order.
+    fn for_each_entry(
+        &self,
+        aggregate_id: &str,
+        mut visit: impl FnMut(JournalEntryRef<'_>) -> Result<(), ReadError>,
+    ) -> Result<(), ReadError> {
+        let mut entry_at = |position: u64| -> Result<(), ReadError> {
+            if let Some(v) = self.journal.get(position)? {
+                visit(codec::decode(v.value()).map_err(journal_damaged)?)?;
+            }
+            Ok(())
+        };
+        for item in self.by_aggregate.range((aggregate_id, 0u64)..=(aggregate_id, u64::MAX))? {
+            let (k, _) = item?;
+            entry_at(k.value().1)?;
+        }
+        for &position in self.unfiled.get(aggregate_id).map(Vec::as_slice).unwrap_or_default() {
+            entry_at(position)?;
+        }
+        Ok(())
+    }
+}
+
+/// The table of a read model, `None` when it does not exist.
+fn open_read_model(txn: &redb::ReadTransaction, read_model: &str) -> Result<Option<RawTable>, ReadError> {
+    match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&physical(read_model))) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn journal_damaged(source: driftless_domain::CodecError) -> ReadError {
+    ReadError::Codec { table: "journal".into(), source }
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -201,19 +278,76 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+/// The stable encodings of several events, one after another in one buffer: what
+/// [`Snapshot::aggregate_bodies`] fills. Reused across calls, it spares an allocation per
+/// event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventBodies {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl EventBodies {
+    /// An empty buffer.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Empties it, keeping its memory.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    /// How many bodies it holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether it holds none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bodies, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let body = self.bytes.get(start..end).unwrap_or_default();
+            start = end;
+            body
+        })
+    }
+
+    fn push(&mut self, body: &[u8]) {
+        self.bytes.extend_from_slice(body);
+        self.ends.push(self.bytes.len());
+    }
+}
+
 impl Snapshot {
+    fn new(txn: redb::ReadTransaction) -> Self {
+        Self { txn, open: Mutex::new(OpenTables::default()) }
+    }
+
     /// One raw row of a read model, ignoring its kill switch.
     ///
     /// # Errors
     /// [`ReadError::Storage`] when storage fails.
     pub fn raw_row(&self, read_model: &str, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         contain_read("raw_row", || {
-            let name = physical(read_model);
-            let table = match self.txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
+            let mut open = self.open.lock();
+            let table = match &open.rows {
+                Some((name, table)) if name == read_model => table,
+                _ => {
+                    let table = open_read_model(&self.txn, read_model)?;
+                    &open.rows.insert((read_model.to_string(), table)).1
+                }
             };
+            let Some(table) = table else { return Ok(None) };
             Ok(table.get(key)?.map(|v| v.value().to_vec()))
         })
     }
@@ -223,31 +357,50 @@ impl Snapshot {
     /// # Errors
     /// [`ReadError`] when storage fails or an entry is damaged.
     pub fn journal_for_aggregate(&self, aggregate_id: &str) -> Result<Vec<JournalEntry>, ReadError> {
-        contain_read("journal_for_aggregate", || {
-            let by_aggregate = self.txn.open_table(JOURNAL_BY_AGGREGATE)?;
-            let journal = self.txn.open_table(JOURNAL)?;
-            let mut out = Vec::new();
-            let decode = |v: &[u8]| -> Result<JournalEntry, ReadError> {
-                codec::decode(v).map_err(|source| ReadError::Codec { table: "journal".into(), source })
+        let mut out = Vec::new();
+        self.with_journal("journal_for_aggregate", |journal| {
+            journal.for_each_entry(aggregate_id, |entry| {
+                out.push(JournalEntry {
+                    position: entry.position,
+                    aggregate_id: entry.aggregate_id.to_string(),
+                    occurred_at: entry.occurred_at,
+                    accepted_at: entry.accepted_at,
+                    body: entry.body.to_vec(),
+                });
+                Ok(())
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Adds the stable encodings of one aggregate's events to `bodies`, in journal order:
+    /// [`Snapshot::journal_for_aggregate`] without the other fields, and without an
+    /// allocation per event.
+    ///
+    /// # Errors
+    /// [`ReadError`] when storage fails or an entry is damaged.
+    pub fn aggregate_bodies(&self, aggregate_id: &str, bodies: &mut EventBodies) -> Result<(), ReadError> {
+        self.with_journal("aggregate_bodies", |journal| {
+            journal.for_each_entry(aggregate_id, |entry| {
+                bodies.push(entry.body);
+                Ok(())
+            })
+        })
+    }
+
+    /// Runs `read` on the journal's tables, opened on first use.
+    fn with_journal(
+        &self,
+        what: &'static str,
+        read: impl FnOnce(&JournalTables) -> Result<(), ReadError>,
+    ) -> Result<(), ReadError> {
+        contain_read(what, || {
+            let mut open = self.open.lock();
+            let journal = match &open.journal {
+                Some(journal) => journal,
+                None => open.journal.insert(JournalTables::open(&self.txn)?),
             };
-            for item in by_aggregate.range((aggregate_id, 0u64)..=(aggregate_id, u64::MAX))? {
-                let (k, _) = item?;
-                let (_, position) = k.value();
-                if let Some(v) = journal.get(position)? {
-                    out.push(decode(v.value())?);
-                }
-            }
-            // Entries not yet filed in the per-aggregate index.
-            let meta = self.txn.open_table(META)?;
-            let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
-            for item in journal.range(filed.saturating_add(1)..)? {
-                let (_, v) = item?;
-                let entry = decode(v.value())?;
-                if entry.aggregate_id == aggregate_id {
-                    out.push(entry);
-                }
-            }
-            Ok(out)
+            read(journal)
         })
     }
 }
@@ -278,12 +431,7 @@ impl Store {
                     since: k.engaged_at,
                 });
             }
-            let name = physical(id.name);
-            let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
-                Ok(t) => Some(t),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(e.into()),
-            };
+            let table = open_read_model(&txn, id.name)?;
             Ok(ReadAnswer::Ready(ReadRepository { table, name: id.name.to_string(), marker: PhantomData }))
         })
     }
@@ -295,17 +443,32 @@ impl Store {
     /// [`ReadError::Storage`] when storage fails.
     pub fn raw_rows(&self, read_model: &str) -> Result<Vec<RawRow>, ReadError> {
         contain_read("raw_rows", || {
-            let txn = self.db.begin_read()?;
-            let name = physical(read_model);
-            let table = match txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name)) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
+            let Some(table) = open_read_model(&self.db.begin_read()?, read_model)? else {
+                return Ok(Vec::new());
             };
             let mut out = Vec::new();
             for item in table.iter()? {
                 let (k, v) = item?;
                 out.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The first `limit` keys of a read model, in byte order, ignoring its kill switch:
+    /// [`Store::raw_rows`] without the rows.
+    ///
+    /// # Errors
+    /// [`ReadError::Storage`] when storage fails.
+    pub fn raw_keys(&self, read_model: &str, limit: usize) -> Result<Vec<Vec<u8>>, ReadError> {
+        contain_read("raw_keys", || {
+            let Some(table) = open_read_model(&self.db.begin_read()?, read_model)? else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for item in table.iter()?.take(limit) {
+                let (k, _) = item?;
+                out.push(k.value().to_vec());
             }
             Ok(out)
         })
@@ -327,7 +490,7 @@ impl Store {
     /// # Errors
     /// [`ReadError::Storage`] when storage fails.
     pub fn snapshot(&self) -> Result<Snapshot, ReadError> {
-        contain_read("snapshot", || Ok(Snapshot { txn: self.db.begin_read()? }))
+        contain_read("snapshot", || Ok(Snapshot::new(self.db.begin_read()?)))
     }
 
     /// The last journal position handed out (0 when the journal is empty).

@@ -200,6 +200,25 @@ pub struct JournalEntry {
     pub body: Vec<u8>,
 }
 
+/// A [`JournalEntry`] in borrowed parts (same fields, same encoding).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct JournalEntryRef<'a> {
+    pub position: u64,
+    #[serde(borrow)]
+    pub aggregate_id: &'a str,
+    pub occurred_at: Timestamp,
+    pub accepted_at: Timestamp,
+    #[serde(borrow)]
+    pub body: &'a [u8],
+}
+
+/// The leading fields of a stored [`JournalEntry`].
+#[derive(Deserialize)]
+pub(crate) struct JournalHead {
+    pub position: u64,
+    pub aggregate_id: String,
+}
+
 /// Progress and freshness marks of one handler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandlerRecord {
