@@ -14,7 +14,8 @@
 //! - `redeliver`: the same stream ingested once, then every applied event delivered again;
 //! - `reads`: point reads of `listing_card`, raw redb get-and-decode against the read
 //!   repository, and the cost of checking one stored value's checksum;
-//! - `rebuild`: a rebuild of `listing_card` from a 200,000-entry journal;
+//! - `rebuild`: a rebuild of `listing_card` from a 200,000-entry journal, with the
+//!   process's CPU time per event;
 //! - `reconcile`: full refold reconciliation of a 100,000-row `listing_card`, with the
 //!   process's CPU time per key;
 //! - `producers`: 8 producer threads, 64 receipts in flight each, 200,000 events; prints
