@@ -120,7 +120,7 @@ pub use driftless_domain::{
     ViewValue, Views,
 };
 pub use driftless_storage::{
-    BatchReport, CommitError, DeadLetter, Delivery, Durability, EventOutcome, EventReport, Feed,
+    BatchReport, CommitError, DeadLetter, Delivery, Durability, EventBodies, EventOutcome, EventReport, Feed,
     HandlerOutcome, HandlerOutcomes, KillSwitch, OpenError, ReadAnswer, ReadError, ReadRepository,
     ReplayReport, Snapshot, Store,
 };
