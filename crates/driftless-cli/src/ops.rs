@@ -161,10 +161,15 @@ pub struct Rebuilt {
 pub fn rebuild_handler(engine: &ListingEngine, handler: ReadModel) -> Result<Rebuilt, CliError> {
     let store = engine.store();
     let demoted = db::health(store, handler.name())?.state == PromotionState::Demoted;
+    let engaged = engine.kill_switch(handler.name())?.is_some();
     let report = engine.rebuild(handler.name())?;
     let mut released = Vec::new();
-    if demoted && engine.kill_switch(handler.name())?.is_some() {
-        engine.set_kill_switch(handler.name(), false)?;
+    if demoted && engaged {
+        // The engine's rebuild releases a switch that its demotion engaged; one engaged
+        // otherwise while the read model was demoted is released here.
+        if engine.kill_switch(handler.name())?.is_some() {
+            engine.set_kill_switch(handler.name(), false)?;
+        }
         released.push(handler.name().to_string());
     }
     Ok(Rebuilt {

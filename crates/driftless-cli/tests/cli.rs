@@ -573,6 +573,11 @@ fn the_demo_tells_the_whole_story_and_can_run_again() -> TestResult {
     {
         ensure!(text.contains(word), "the demo never says {word:?}:\n{}", out.stdout);
     }
+    ensure!(
+        text.contains("kill switch released: yes"),
+        "the rebuild of the demoted read model does not say it released its kill switch:\n{}",
+        out.stdout
+    );
     // A second run replaces the first one's database.
     let again = driftless(&db, &["demo", "--events", "3000"])?.ok()?;
     ensure!(again.stdout.contains("replacing the earlier demo database"), "{}", again.stdout);
