@@ -56,6 +56,15 @@ fn cpu_per_event(before: &[(String, u64)], events: usize) -> String {
     parts.join(", ")
 }
 
+/// The whole process's CPU time since `before` (from [`process_cpu_nanos`]) per unit of
+/// work, in µs: threads that have exited since are counted.
+fn process_cpu_per(before: Option<u64>, units: u64) -> String {
+    match (before, process_cpu_nanos()) {
+        (Some(b), Some(a)) => format!("{:.2} µs", a.saturating_sub(b) as f64 / 1e3 / units.max(1) as f64),
+        _ => "unknown".into(),
+    }
+}
+
 fn per_second(n: usize, since: Instant) -> f64 {
     n as f64 / since.elapsed().as_secs_f64()
 }
@@ -188,11 +197,8 @@ fn rebuild() -> Result<(), Error> {
         let (t, cpu) = (Instant::now(), process_cpu_nanos());
         rebuild_listing_card(&engine)?;
         let rate = per_second(stream.len(), t);
-        // CPU time of the whole process per event: the writer's, as nothing else runs.
-        let per_event = match (cpu, process_cpu_nanos()) {
-            (Some(b), Some(a)) => format!("{:.2} µs", a.saturating_sub(b) as f64 / 1e3 / stream.len() as f64),
-            _ => "unknown".into(),
-        };
+        // The writer's CPU time, as nothing else runs.
+        let per_event = process_cpu_per(cpu, stream.len() as u64);
         println!("rebuild: {rate:.0} events/s, process CPU per event {per_event}");
     }
     engine.shutdown()?;
@@ -206,11 +212,8 @@ fn reconcile() -> Result<(), Error> {
         let (t, cpu) = (Instant::now(), process_cpu_nanos());
         let keys = reconcile_listing_card(&harness)?;
         let wall = t.elapsed().as_secs_f64();
-        // CPU time of the whole process (the workers exit with the run) per key.
-        let per_key = match (cpu, process_cpu_nanos()) {
-            (Some(b), Some(a)) => format!("{:.1} µs", a.saturating_sub(b) as f64 / 1e3 / keys.max(1) as f64),
-            _ => "unknown".into(),
-        };
+        // The workers exit with the run; their CPU time is counted.
+        let per_key = process_cpu_per(cpu, keys);
         println!("reconcile: {:.0} keys/s ({keys} keys), process CPU per key {per_key}", keys as f64 / wall);
     }
     drop(harness);

@@ -43,6 +43,9 @@ fn a_snapshot_gives_an_aggregates_bodies_filed_or_not_and_reads_many_keys_alike(
     let late = [Op::new("b0", "k", 10, 2), Op::new("b1", "m", 11, 3), Op::new("b2", "k", 12, 4)];
     store.project(&registry, &prepare_all(&late)?, Timestamp(20))?;
     ensure!(store.unfiled_journal_entries() > 0, "the late entries were filed");
+    // `m` is only in the unfiled tail.
+    ensure_eq!(store.journal_aggregates(10)?, vec!["j", "k", "m"], "the journal's aggregates");
+    ensure_eq!(store.journal_aggregates(2)?, vec!["j", "k"], "the first two of them");
 
     let snapshot = store.snapshot()?;
     let mut bodies = driftless_storage::EventBodies::new();

@@ -158,9 +158,9 @@ pub struct WriteSet {
 
 /// What one kept write is counted as in [`WriteSet::buffered_bytes`]: its key and body,
 /// and about what a map entry and two vectors cost besides.
-fn write_bytes(key: &[u8], write: &Write) -> usize {
+fn write_bytes(key_len: usize, write: &Write) -> usize {
     const ENTRY: usize = 64;
-    ENTRY + key.len() + write.as_ref().map_or(0, Vec::len)
+    ENTRY + key_len + write.as_ref().map_or(0, Vec::len)
 }
 
 impl WriteSet {
@@ -185,10 +185,9 @@ impl WriteSet {
     pub fn keep_pending(&mut self) {
         for (slot, key, write) in self.pending.drain(..) {
             if let Some(table) = self.applied.get_mut(slot) {
-                let added = write_bytes(&key, &write);
                 let key_len = key.len();
-                // A replaced write was counted with the same key.
-                let replaced = table.insert(key, write).map_or(0, |old| write_bytes(&[], &old) + key_len);
+                let added = write_bytes(key_len, &write);
+                let replaced = table.insert(key, write).map_or(0, |old| write_bytes(key_len, &old));
                 self.bytes = self.bytes.saturating_add(added).saturating_sub(replaced);
             }
         }

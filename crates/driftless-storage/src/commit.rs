@@ -491,8 +491,8 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         //
         // Where the replay applies the id again, the offset keeps the time it was first
         // applied at, so that a row the rebuild leaves as it was is not written again:
-        // `stored` is the row as it was, to compare with at the end.
-        let mut cleared = false;
+        // `stored` is the row as it was before its bit was cleared (`None`: not cleared), to
+        // compare with at the end.
         let mut stored = None;
         let mut kept_at = None;
         if let (Some(slot), Some(r)) = (self.rebuilding, row.as_mut()) {
@@ -503,14 +503,13 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 if r.is_empty() {
                     row = None;
                 }
-                cleared = true;
             }
         }
         let was_new = row.is_none();
         if let Some(r) = &row {
             if !r.is_empty() && r.hash != ev.hash.0 {
                 let recorded = r.payload_hash();
-                if cleared {
+                if stored.is_some() {
                     self.index_overlay.insert(key, row);
                 }
                 return Ok(Processed {
@@ -629,7 +628,12 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         if changed && was_new && needs_id_entry {
             self.ids_overlay.insert(id.to_string(), ev.event.occurred_at().0);
         }
-        if (changed || cleared) && (stored.is_none() || stored != row) {
+        // A row the rebuild cleared is written unless it ended as it was.
+        let rewritten = match &stored {
+            Some(before) => row.as_ref() != Some(before),
+            None => changed,
+        };
+        if rewritten {
             self.index_overlay.insert(key, row);
         }
         if self.mode == Mode::Replay {

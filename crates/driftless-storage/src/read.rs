@@ -547,15 +547,13 @@ impl Store {
     /// # Errors
     /// [`ReadError`] when storage fails.
     pub fn journal_aggregates(&self, limit: usize) -> Result<Vec<String>, ReadError> {
-        contain_read("journal_aggregates", || {
-            let txn = self.db.begin_read()?;
-            let by_aggregate = txn.open_table(JOURNAL_BY_AGGREGATE)?;
-            let mut out: Vec<String> = Vec::new();
+        let mut all = std::collections::BTreeSet::new();
+        self.snapshot()?.with_journal("journal_aggregates", |journal| {
             let mut next: Option<String> = None;
-            while out.len() < limit {
+            while all.len() < limit {
                 let mut range = match &next {
-                    Some(after) => by_aggregate.range((after.as_str(), u64::MAX)..)?,
-                    None => by_aggregate.range::<(&str, u64)>(..)?,
+                    Some(after) => journal.by_aggregate.range((after.as_str(), u64::MAX)..)?,
+                    None => journal.by_aggregate.range::<(&str, u64)>(..)?,
                 };
                 let Some(item) = range.next() else { break };
                 let (k, _) = item?;
@@ -563,22 +561,14 @@ impl Store {
                 if next.as_deref() == Some(aggregate) {
                     break;
                 }
-                out.push(aggregate.to_string());
+                all.insert(aggregate.to_string());
                 next = Some(aggregate.to_string());
             }
             // Entries not yet filed in the per-aggregate index.
-            let meta = txn.open_table(META)?;
-            let journal = txn.open_table(JOURNAL)?;
-            let filed: u64 = get_meta_value(&meta, META_AGGREGATES_INDEXED)?.unwrap_or(0);
-            let mut all: std::collections::BTreeSet<String> = out.into_iter().collect();
-            for item in journal.range(filed.saturating_add(1)..)? {
-                let (_, v) = item?;
-                let entry: JournalEntry = codec::decode(v.value())
-                    .map_err(|source| ReadError::Codec { table: "journal".into(), source })?;
-                all.insert(entry.aggregate_id);
-            }
-            Ok(all.into_iter().take(limit).collect())
-        })
+            all.extend(journal.unfiled.keys().cloned());
+            Ok(())
+        })?;
+        Ok(all.into_iter().take(limit).collect())
     }
 
     /// The stored record of one handler.
