@@ -14,6 +14,8 @@
 //! agree with the model, and every stored value must pass its checksum.
 #![no_main]
 
+use driftless_storage::StoreWriter;
+use driftless_domain::Upcasters;
 use arbitrary::Arbitrary;
 use driftless_domain::{
     ApplyError, Event, HandlerName, PayloadHash, PreparedEvent, ProjectionContext, Projector, TableId,
@@ -179,12 +181,12 @@ impl Harness {
             cache_bytes: Some(1 << 20),
             check_integrity_on_open: true,
         };
-        let store = Store::open_with_backend(Disk(self.disk.clone()), options).expect("the store opens");
+        let store = StoreWriter::open_with_backend(Disk(self.disk.clone()), options).expect("the store opens");
         let projectors: Vec<Arc<dyn Projector<ListingEvent>>> = vec![
             Arc::new(Flaky { inner: ListingCardProjector, index: 0, plan: self.plan.clone() }),
             Arc::new(Flaky { inner: DistrictStatsProjector, index: 1, plan: self.plan.clone() }),
         ];
-        let registry = store.register(projectors, &[]).expect("the projectors register");
+        let registry = store.register(projectors, &[], Upcasters::new()).expect("the projectors register");
         assert!(registry.needs_rebuild.is_empty(), "re-registering asked for rebuilds");
         self.store = Some(store);
         self.registry = Some(registry);

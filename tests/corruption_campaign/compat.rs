@@ -10,8 +10,10 @@
 //! ```
 
 use super::fixture::{build_at, fixture_events, listing_projectors, TestError, HANDLERS};
+use driftless_domain::Upcasters;
 use driftless_domain::{PreparedEvent, Timestamp};
 use driftless_listings::{ListingEvent, ListingEventKind, ListingModel, DISTRICT_STATS, LISTING_CARD};
+use driftless_storage::StoreWriter;
 use driftless_storage::{EventOutcome, ReadAnswer, Store, StoreOptions, FORMAT_VERSION};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -65,7 +67,7 @@ fn write_fixture() -> Result<(), TestError> {
         while db.compact()? {}
     }
     let expected = {
-        let store = Store::open(&path, StoreOptions::default())?;
+        let store = StoreWriter::open(&path, StoreOptions::default())?;
         expected_of(&store)?
     };
     std::fs::create_dir_all(fixtures())?;
@@ -93,7 +95,7 @@ fn the_listings_v1_fixture_still_opens_and_reads_the_expected_rows() -> Result<(
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("copy.redb");
     std::fs::write(&path, &committed)?;
-    let mut store = Store::open(&path, StoreOptions::default())?;
+    let mut store = StoreWriter::open(&path, StoreOptions::default())?;
     let got = expected_of(&store)?;
     if got != expected {
         return Err(format!("the fixture reads back as\n{got:#}\nnot\n{expected:#}").into());
@@ -129,7 +131,7 @@ fn the_listings_v1_fixture_still_opens_and_reads_the_expected_rows() -> Result<(
 
     // Registering today's projectors needs no rebuild (the schema fingerprints are stable),
     // and the file takes new events and recognises old ones.
-    let registry = store.register(listing_projectors(), &[])?;
+    let registry = store.register(listing_projectors(), &[], Upcasters::new())?;
     if !registry.needs_rebuild.is_empty() {
         return Err(format!("the fixture needs rebuilds: {:?}", registry.needs_rebuild).into());
     }

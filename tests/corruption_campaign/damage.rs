@@ -8,9 +8,11 @@
 //! some step complained, or everything read equals the undamaged original.
 
 use super::fixture::{listing_projectors, probe_options, Fixture, OpenCheck, Snapshot, TestError};
+use driftless_domain::Upcasters;
 use driftless_domain::{PreparedEvent, Timestamp};
 use driftless_listings::{ListingEvent, ListingEventKind};
-use driftless_storage::{OpenError, Store};
+use driftless_storage::OpenError;
+use driftless_storage::StoreWriter;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -249,7 +251,7 @@ pub fn run_case(
         format!("{}: PANIC in {step}: {text} [{}]", case.description, seen.join(" | "))
     };
 
-    let (opened, seen) = quietly(|| Store::open(path, probe_options(check)));
+    let (opened, seen) = quietly(|| StoreWriter::open(path, probe_options(check)));
     contained += seen.len();
     let mut store = match opened {
         Err(p) => return Err(panicked("Store::open", &*p, &seen)),
@@ -326,8 +328,8 @@ pub fn run_case(
 fn write_probe(case: &Case, bytes: &[u8], scratch: &Scratch, check: OpenCheck) -> Result<bool, String> {
     let path = scratch.write(bytes)?;
     let (result, seen) = quietly(|| -> Result<(), TestError> {
-        let store = Store::open(path, probe_options(check))?;
-        let registry = store.register(listing_projectors(), &[])?;
+        let store = StoreWriter::open(path, probe_options(check))?;
+        let registry = store.register(listing_projectors(), &[], Upcasters::new())?;
         let fresh = ListingEvent::new(
             "probe-listing",
             1_900_000_000_000,

@@ -5,12 +5,14 @@
 //! journal, in several durable commits. [`Snapshot`] is everything the public read API
 //! returns about such a database; the campaign compares every damaged image with it.
 
+use driftless_domain::Upcasters;
 use driftless_domain::{OffsetRecord, PreparedEvent, Projector, TableDef, Timestamp, ViewValue};
 use driftless_listings::{
     generate_events, DistrictStats, DistrictStatsProjector, GenConfig, ListingCard, ListingCardProjector,
     ListingEvent, ListingMembership, ListingModel, DISTRICT_LISTINGS, DISTRICT_STATS, DISTRICT_STATS_HANDLER,
     LISTING_CARD, LISTING_CARD_HANDLER,
 };
+use driftless_storage::StoreWriter;
 use driftless_storage::{
     DeadLetter, Durability, HandlerRecord, JournalEntry, ReadAnswer, ReadModelRecord, Store, StoreOptions,
 };
@@ -45,6 +47,7 @@ pub fn probe_options(check: OpenCheck) -> StoreOptions {
         journal: true,
         cache_bytes: Some(4 << 20),
         check_integrity_on_open: check == OpenCheck::On,
+        ..StoreOptions::default()
     }
 }
 
@@ -243,8 +246,8 @@ pub fn build_at(path: &Path, events: &[ListingEvent], batch: usize) -> Result<Fi
     ids.dedup();
     {
         let store =
-            Store::open(path, StoreOptions { cache_bytes: Some(4 << 20), ..StoreOptions::default() })?;
-        let registry = store.register(listing_projectors(), &[])?;
+            StoreWriter::open(path, StoreOptions { cache_bytes: Some(4 << 20), ..StoreOptions::default() })?;
+        let registry = store.register(listing_projectors(), &[], Upcasters::new())?;
         history.push(Snapshot::read(&store, &ids).map_err(|f| format!("{f:?}"))?);
         for (n, chunk) in events.chunks(batch.max(1)).enumerate() {
             let prepared: Vec<PreparedEvent<ListingEvent>> =

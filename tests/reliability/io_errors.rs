@@ -26,7 +26,7 @@
 
 use super::disk::{ErrorKind, Fault, SimDisk};
 use super::{no_panic, open_on, open_with_cache, reopen_and_check, small_batches, Found, Life, TestResult};
-use driftless::{DispatchError, EngineError, NotCommitted};
+use driftless::{DispatchBatchError, DispatchError, EngineError, NotCommitted};
 use driftless_listings::ListingEvent;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -77,7 +77,7 @@ fn life(
     for batch in batches.iter().skip(from) {
         let receipt = match engine.dispatch_batch(batch.iter().cloned()) {
             Ok(r) => r,
-            Err(DispatchError::Poisoned(failure)) => {
+            Err(DispatchBatchError { error: DispatchError::Poisoned(failure), .. }) => {
                 ensure_names(&failure, kind, "the refused dispatch's error")?;
                 surfaced = Some(Surfaced::Startup);
                 break;

@@ -43,10 +43,12 @@ use super::{
     listing_projectors, TestResult, HANDLERS,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use driftless::{BuildError, Durability, Engine, EngineOptions, EventOutcome, OpenError, Store, Timestamp};
+use driftless::{BuildError, Durability, Engine, EngineOptions, EventOutcome, OpenError, Timestamp};
 use driftless_domain::PreparedEvent;
+use driftless_domain::Upcasters;
 use driftless_listings::{generate_events, GenConfig, ListingEvent, Outcome, GENERATED_START_MILLIS};
 use driftless_storage::StoreOptions;
+use driftless_storage::StoreWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{HashMap, VecDeque};
@@ -126,6 +128,7 @@ fn outcome_code(outcome: &EventOutcome) -> char {
         EventOutcome::Conflict { .. } => 'C',
         EventOutcome::Rejected { .. } => 'R',
         EventOutcome::Deferred => 'F',
+        EventOutcome::Refused { .. } => 'X',
     }
 }
 
@@ -376,9 +379,10 @@ impl Ledger {
         let _ = std::fs::remove_file(copy);
         std::fs::copy(db, copy)?;
         let options = StoreOptions { durability: Durability::Eventual, ..StoreOptions::default() };
-        let mut store = Store::open(copy, options).map_err(|e| what(&format!("reopening failed: {e}")))?;
+        let mut store =
+            StoreWriter::open(copy, options).map_err(|e| what(&format!("reopening failed: {e}")))?;
         ensure!(store.check_integrity()?, "{}", what("redb's integrity check failed"));
-        let registry = store.register(listing_projectors(), &[])?;
+        let registry = store.register(listing_projectors(), &[], Upcasters::new())?;
         ensure!(registry.needs_rebuild.is_empty(), "{}", what("the database asks for rebuilds"));
         let lo = self.acknowledged.map_or(0, |a| a + 1);
         let hi = self.dispatched.map_or(0, |d| d + 1);
@@ -410,7 +414,7 @@ impl Ledger {
 
 /// A second open of a file a live child holds must be refused as in use.
 fn ensure_in_use(db: &Path) -> TestResult {
-    match Store::open(db, StoreOptions::default()) {
+    match StoreWriter::open(db, StoreOptions::default()) {
         Err(OpenError::InUse { .. }) => {}
         Err(e) => return Err(format!("a second open of a held file said {e:?}, not InUse").into()),
         Ok(_) => return Err("a second process opened a file another process holds".into()),

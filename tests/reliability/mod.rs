@@ -24,11 +24,13 @@
 use disk::{Fault, SimDisk};
 use driftless::{Durability, Engine, EngineOptions, OpenError, Projector, Store, Timestamp};
 use driftless_domain::PreparedEvent;
+use driftless_domain::Upcasters;
 use driftless_listings::{
     generate_events, projectors, DistrictStats, GenConfig, ListingCard, ListingEvent, ListingEventKind,
     ListingModel, Outcome, DISTRICT_STATS, DISTRICT_STATS_HANDLER, GENERATED_START_MILLIS, LISTING_CARD,
     LISTING_CARD_HANDLER,
 };
+use driftless_storage::StoreWriter;
 use driftless_storage::{ReadAnswer, StoreOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -312,7 +314,7 @@ pub(crate) fn reopen_and_check(
     let disk = SimDisk::from_image(image, Fault::None);
     // The checker's own commits need no syncs.
     let options = StoreOptions { durability: Durability::Eventual, ..StoreOptions::default() };
-    let mut store = match Store::open_with_backend(disk, options) {
+    let mut store = match StoreWriter::open_with_backend(disk, options) {
         Ok(store) => store,
         Err(e) => {
             ensure!(!life.opened, "the database was created, yet reopening it failed: {e}");
@@ -324,7 +326,7 @@ pub(crate) fn reopen_and_check(
         }
     };
     ensure!(store.check_integrity()?, "redb's integrity check failed after the fault");
-    let registry = store.register(listing_projectors(), &[])?;
+    let registry = store.register(listing_projectors(), &[], Upcasters::new())?;
     ensure!(registry.needs_rebuild.is_empty(), "the reopened database asks for rebuilds");
     let events: Vec<ListingEvent> = batches.iter().flatten().cloned().collect();
     let (full, outcomes) = fold(&events);

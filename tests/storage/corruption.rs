@@ -4,16 +4,16 @@ use super::support::{
     fast_options, prepare, prepare_all, projectors, Faults, Op, TestError, TestResult, COUNT, LOG, LOGS, SUM,
     SUMS,
 };
+use driftless_domain::Upcasters;
 use driftless_domain::{CodecError, Timestamp};
-use driftless_storage::{
-    EventOutcome, HandlerOutcome, ReadAnswer, ReadError, ReadRepository, Registry, Store,
-};
+use driftless_storage::StoreWriter;
+use driftless_storage::{EventOutcome, HandlerOutcome, ReadAnswer, ReadError, ReadRepository, Registry};
 use std::time::{Duration, Instant};
 
-fn seeded() -> Result<(tempfile::TempDir, Store, Registry<Op>), TestError> {
+fn seeded() -> Result<(tempfile::TempDir, StoreWriter, Registry<Op>), TestError> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path().join("c.redb"), fast_options())?;
-    let registry = store.register(projectors(&Faults::default())?, &[])?;
+    let store = StoreWriter::open(dir.path().join("c.redb"), fast_options())?;
+    let registry = store.register(projectors(&Faults::default())?, &[], Upcasters::new())?;
     let events =
         prepare_all(&[Op::new("a", "k0", 1, 5), Op::new("b", "k1", 2, 3), Op::new("c", "k2", 3, 4)])?;
     store.project(&registry, &events, Timestamp(10))?;

@@ -2,15 +2,16 @@
 
 use super::support::{fast_options, prepare_all, projectors, Faults, Op, TestResult};
 use driftless_domain::Timestamp;
-use driftless_storage::Store;
+use driftless_domain::Upcasters;
+use driftless_storage::StoreWriter;
 
 #[test]
 fn disk_cost_per_event_is_reported_and_sane() -> TestResult {
     const EVENTS: u64 = 5_000;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("cost.redb");
-    let store = Store::open(&path, fast_options())?;
-    let registry = store.register(projectors(&Faults::default())?, &[])?;
+    let store = StoreWriter::open(&path, fast_options())?;
+    let registry = store.register(projectors(&Faults::default())?, &[], Upcasters::new())?;
     let ops: Vec<Op> = (0..EVENTS)
         .map(|i| Op::new(&format!("evt-{i:06}"), &format!("key-{:03}", i % 100), 1_700_000_000_000 + i, 1))
         .collect();

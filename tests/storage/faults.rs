@@ -9,7 +9,9 @@
 use super::support::{
     prepare_all, projectors, Faults, Op, Tables, TestError, TestResult, COUNT, HANDLERS, LOG, SUM,
 };
+use driftless_domain::Upcasters;
 use driftless_domain::{PreparedEvent, Timestamp};
+use driftless_storage::StoreWriter;
 use driftless_storage::{
     CommitError, Durability, OpenError, RegisterError, StorageBackend, Store, StoreOptions,
 };
@@ -118,7 +120,7 @@ enum Stop {
     Project(usize, CommitError),
 }
 
-fn poison_holds(store: &Store, faults: &Faults, stop: &Stop) -> TestResult {
+fn poison_holds(store: &StoreWriter, faults: &Faults, stop: &Stop) -> TestResult {
     let poisoned = store.poisoned().ok_or_else(|| format!("the store is not poisoned after {stop:?}"))?;
     ensure!(
         poisoned.first_failure.contains("injected failure"),
@@ -130,7 +132,7 @@ fn poison_holds(store: &Store, faults: &Faults, stop: &Stop) -> TestResult {
     {
         ensure_eq!(poisoned.first_failure, failure.message(), "the poison and the error returned");
     }
-    match store.register(projectors(faults)?, &[]) {
+    match store.register(projectors(faults)?, &[], Upcasters::new()) {
         Err(RegisterError::Poisoned(_)) => {}
         other => return Err(format!("register on a poisoned store: {other:?}").into()),
     }
@@ -149,11 +151,11 @@ fn scenario(
     options: &StoreOptions,
 ) -> Result<Stop, TestError> {
     let backend = FaultyBackend { disk: Arc::clone(disk), counter: Arc::clone(counter) };
-    let store = match Store::open_with_backend(backend, options.clone()) {
+    let store = match StoreWriter::open_with_backend(backend, options.clone()) {
         Ok(store) => store,
         Err(e) => return Ok(Stop::Open(e)),
     };
-    let registry = match store.register(projectors(faults)?, &[]) {
+    let registry = match store.register(projectors(faults)?, &[], Upcasters::new()) {
         Ok(r) => r,
         Err(e) => {
             ensure!(matches!(e, RegisterError::Storage(_)), "the failed register said {e:?}");
@@ -243,12 +245,12 @@ fn consistent(
 /// stream and checks the final state.
 fn recover(disk: &Arc<InMemoryBackend>, faults: &Faults, options: &StoreOptions, stop: &Stop) -> TestResult {
     let backend = FaultyBackend { disk: Arc::clone(disk), counter: Counter::failing_at(0) };
-    let mut store = match Store::open_with_backend(backend, options.clone()) {
+    let mut store = match StoreWriter::open_with_backend(backend, options.clone()) {
         Ok(store) => store,
         Err(e) => return Err(format!("reopening after {stop:?} failed: {e}").into()),
     };
     ensure!(store.check_integrity()?, "redb's integrity check failed after {stop:?}");
-    let registry = store.register(projectors(faults)?, &[])?;
+    let registry = store.register(projectors(faults)?, &[], Upcasters::new())?;
     ensure!(registry.needs_rebuild.is_empty(), "reopening asked for rebuilds");
     let events = prepare_all(&distinct(&stream()))?;
     let before =
@@ -332,7 +334,7 @@ fn sweep(options: &StoreOptions, commits_write: bool) -> TestResult {
             // A failure while creating the database may leave bytes that are not a database
             // yet: opening them again must be a clear error or a working database.
             let backend = FaultyBackend { disk: Arc::clone(&disk), counter: Counter::failing_at(0) };
-            match Store::open_with_backend(backend, options.clone()) {
+            match StoreWriter::open_with_backend(backend, options.clone()) {
                 Ok(store) => drop(store),
                 Err(again) => {
                     ensure!(!again.to_string().is_empty(), "an empty open error");

@@ -1,8 +1,10 @@
 //! `Store::project_with`: deliveries pushed one at a time into one transaction.
 
 use super::support::{fast_options, prepare_all, projectors, Faults, Op, Tables, TestResult, LOG, SUM};
+use driftless_domain::Upcasters;
 use driftless_domain::{EventId, Timestamp};
-use driftless_storage::{CommitError, EventOutcome, Store};
+use driftless_storage::StoreWriter;
+use driftless_storage::{CommitError, EventOutcome};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Twelve events over three keys; the fifth fails for `log` and the ninth for `sum`.
@@ -23,10 +25,12 @@ fn ops() -> Vec<Op> {
 fn a_fed_batch_commits_what_the_same_batch_projected_at_once_commits() -> TestResult {
     let faults = Faults::default();
     let (at_once_dir, fed_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let at_once = Store::open(at_once_dir.path().join("a.redb"), fast_options())?;
-    let fed = Store::open(fed_dir.path().join("f.redb"), fast_options())?;
-    let (reg_a, reg_f) =
-        (at_once.register(projectors(&faults)?, &[])?, fed.register(projectors(&faults)?, &[])?);
+    let at_once = StoreWriter::open(at_once_dir.path().join("a.redb"), fast_options())?;
+    let fed = StoreWriter::open(fed_dir.path().join("f.redb"), fast_options())?;
+    let (reg_a, reg_f) = (
+        at_once.register(projectors(&faults)?, &[], Upcasters::new())?,
+        fed.register(projectors(&faults)?, &[], Upcasters::new())?,
+    );
     // The second half delivers the first again, with one conflicting payload.
     let mut all = ops();
     all.extend(ops().into_iter().take(6));
@@ -69,9 +73,9 @@ fn a_fed_batch_commits_what_the_same_batch_projected_at_once_commits() -> TestRe
 #[test]
 fn a_feed_that_fails_or_panics_writes_nothing_and_leaves_the_store_usable() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path().join("f.redb"), fast_options())?;
+    let store = StoreWriter::open(dir.path().join("f.redb"), fast_options())?;
     let faults = Faults::default();
-    let reg = store.register(projectors(&faults)?, &[])?;
+    let reg = store.register(projectors(&faults)?, &[], Upcasters::new())?;
     let events = prepare_all(&ops())?;
 
     let failed = store.project_with(&reg, Timestamp(10), 0, |feed| {

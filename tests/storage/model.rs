@@ -9,9 +9,11 @@ use super::support::{
     fast_options, panic_reason, prepare, projectors, refusal, Faults, Op, Tables, TestError, TestResult,
     COUNT, HANDLERS, LOG,
 };
+use driftless_domain::Upcasters;
 use driftless_domain::{
     EventId, HandlerName, InMemoryOffsetStore, OffsetStore, PayloadHash, PreparedEvent, Timestamp,
 };
+use driftless_storage::StoreWriter;
 use driftless_storage::{EventOutcome, EventReport, HandlerOutcome, HandlerOutcomes, Registry, Store};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -241,7 +243,7 @@ fn summary(handlers: &[(usize, HandlerOutcome)]) -> EventOutcome {
 struct Harness {
     path: std::path::PathBuf,
     faults: Faults,
-    store: Option<Store>,
+    store: Option<StoreWriter>,
     registry: Option<Registry<Op>>,
 }
 
@@ -255,8 +257,8 @@ impl Harness {
     fn reopen(&mut self) -> TestResult {
         self.registry = None;
         self.store = None;
-        let store = Store::open(&self.path, fast_options())?;
-        let registry = store.register(projectors(&self.faults)?, &[])?;
+        let store = StoreWriter::open(&self.path, fast_options())?;
+        let registry = store.register(projectors(&self.faults)?, &[], Upcasters::new())?;
         ensure!(
             registry.needs_rebuild.is_empty(),
             "re-registering asked for rebuilds: {:?}",
@@ -267,7 +269,7 @@ impl Harness {
         Ok(())
     }
 
-    fn parts(&self) -> Result<(&Store, &Registry<Op>), TestError> {
+    fn parts(&self) -> Result<(&StoreWriter, &Registry<Op>), TestError> {
         match (&self.store, &self.registry) {
             (Some(s), Some(r)) => Ok((s, r)),
             _ => Err("the store is not open".into()),
@@ -439,7 +441,7 @@ impl Coverage {
             (EventOutcome::Conflict { .. }, _) => self.conflict += 1,
             (EventOutcome::Rejected { .. }, false) => self.rejected += 1,
             (EventOutcome::Rejected { .. }, true) => self.retried_rejected += 1,
-            (EventOutcome::Deferred, _) => {}
+            (EventOutcome::Deferred | EventOutcome::Refused { .. }, _) => {}
         }
         let failed = report.handlers.iter().any(|(_, o)| matches!(o, HandlerOutcome::DeadLettered { .. }));
         if failed && report.outcome == EventOutcome::Applied {

@@ -2,8 +2,10 @@
 //! leaves on disk.
 
 use super::support::{fast_options, prepare_all, projectors, Faults, Op, TestError, TestResult};
+use driftless_domain::Upcasters;
 use driftless_domain::{codec, Timestamp};
-use driftless_storage::{OpenError, Store, StoreOptions};
+use driftless_storage::StoreWriter;
+use driftless_storage::{OpenError, StoreOptions};
 use redb::{ReadableDatabase, TableDefinition};
 use std::path::Path;
 
@@ -26,7 +28,7 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
 fn refused(path: &Path) -> Result<OpenError, TestError> {
     let before = std::fs::read(path)?;
     let foreign = !before.starts_with(b"redb");
-    let err = match Store::open(path, StoreOptions::default()) {
+    let err = match StoreWriter::open(path, StoreOptions::default()) {
         Ok(_) => return Err(format!("{} opened as a driftless database", path.display()).into()),
         Err(e) => e,
     };
@@ -65,7 +67,7 @@ fn random_bytes_are_refused() -> TestResult {
 #[test]
 fn a_directory_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
-    match Store::open(dir.path(), StoreOptions::default()) {
+    match StoreWriter::open(dir.path(), StoreOptions::default()) {
         Err(OpenError::NotDriftless { .. }) => Ok(()),
         other => Err(format!("opening a directory: {other:?}").into()),
     }
@@ -148,7 +150,7 @@ fn foreign_and_damaged_metadata_are_named() -> TestResult {
 
     let newer = dir.path().join("newer.redb");
     with_meta(&newer, Some(codec::encode(&Format { magic: "driftless", version: 99 })?))?;
-    match Store::open(&newer, StoreOptions::default()) {
+    match StoreWriter::open(&newer, StoreOptions::default()) {
         Err(OpenError::NewerFormat { found: 99, supported, .. }) => {
             ensure_eq!(supported, driftless_storage::FORMAT_VERSION, "the supported version");
         }
@@ -162,8 +164,8 @@ fn a_truncated_database_is_an_error_not_a_panic() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("full.redb");
     {
-        let store = Store::open(&path, StoreOptions::default())?;
-        let registry = store.register(projectors(&Faults::default())?, &[])?;
+        let store = StoreWriter::open(&path, StoreOptions::default())?;
+        let registry = store.register(projectors(&Faults::default())?, &[], Upcasters::new())?;
         let ops: Vec<Op> =
             (0..200).map(|i| Op::new(&format!("e{i}"), &format!("k{}", i % 7), i, 1)).collect();
         store.project(&registry, &prepare_all(&ops)?, Timestamp(1))?;
@@ -174,7 +176,7 @@ fn a_truncated_database_is_an_error_not_a_panic() -> TestResult {
     let cut = dir.path().join("cut.redb");
     for keep in lengths {
         std::fs::write(&cut, full.get(..keep).unwrap_or_default())?;
-        match Store::open(&cut, StoreOptions::default()) {
+        match StoreWriter::open(&cut, StoreOptions::default()) {
             Err(OpenError::NotDriftless { .. } | OpenError::Corrupted { .. }) => {}
             other => return Err(format!("a file cut to {keep} of {} bytes: {other:?}", full.len()).into()),
         }
@@ -186,13 +188,13 @@ fn a_truncated_database_is_an_error_not_a_panic() -> TestResult {
 fn a_second_open_of_an_open_database_is_in_use() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("busy.redb");
-    let first = Store::open(&path, fast_options())?;
-    match Store::open(&path, fast_options()) {
+    let first = StoreWriter::open(&path, fast_options())?;
+    match StoreWriter::open(&path, fast_options()) {
         Err(OpenError::InUse { path: p }) => ensure_eq!(p, path, "the path in the error"),
         other => return Err(format!("a second open: {other:?}").into()),
     }
     drop(first);
-    Store::open(&path, fast_options())?;
+    StoreWriter::open(&path, fast_options())?;
     Ok(())
 }
 
@@ -200,7 +202,7 @@ fn a_second_open_of_an_open_database_is_in_use() -> TestResult {
 fn creation_is_private_and_leaves_no_temporary_file() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("new.redb");
-    let store = Store::open(&path, StoreOptions::default())?;
+    let store = StoreWriter::open(&path, StoreOptions::default())?;
     let names = || -> Result<Vec<String>, TestError> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir.path())? {
@@ -219,7 +221,7 @@ fn creation_is_private_and_leaves_no_temporary_file() -> TestResult {
     drop(store);
     ensure_eq!(names()?, vec!["new.redb".to_string()], "files after closing it");
     // Reopening an existing database creates nothing either.
-    drop(Store::open(&path, StoreOptions::default())?);
+    drop(StoreWriter::open(&path, StoreOptions::default())?);
     ensure_eq!(names()?, vec!["new.redb".to_string()], "files after reopening it");
     Ok(())
 }
@@ -228,7 +230,7 @@ fn creation_is_private_and_leaves_no_temporary_file() -> TestResult {
 fn a_path_in_a_missing_directory_is_an_io_error() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("missing").join("db.redb");
-    match Store::open(&path, StoreOptions::default()) {
+    match StoreWriter::open(&path, StoreOptions::default()) {
         Err(OpenError::Io { path: p, .. }) => ensure_eq!(p, path, "the path in the error"),
         other => return Err(format!("opening in a missing directory: {other:?}").into()),
     }

@@ -5,8 +5,10 @@ use super::support::{
     fast_options, prepare_all, projectors, Faults, Op, Sum, Tables, TestError, TestResult, COUNT, HANDLERS,
     LOG, SUM, SUMS,
 };
+use driftless_domain::Upcasters;
 use driftless_domain::{codec, Projector, Timestamp};
-use driftless_storage::{EventOutcome, HandlerOutcome, KillSwitch, ReadAnswer, Registry, Store};
+use driftless_storage::StoreWriter;
+use driftless_storage::{EventOutcome, HandlerOutcome, KillSwitch, ReadAnswer, Registry};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -57,11 +59,11 @@ fn index(registry: &Registry<Op>, name: &str) -> Result<usize, TestError> {
 #[test]
 fn a_handler_registered_later_catches_up_to_the_others() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path().join("catch.redb"), fast_options())?;
+    let store = StoreWriter::open(dir.path().join("catch.redb"), fast_options())?;
     let faults = Faults::default();
     let mut first_two = projectors(&faults)?;
     first_two.truncate(2);
-    let early = store.register(first_two, &[])?;
+    let early = store.register(first_two, &[], Upcasters::new())?;
     let before = events(0, 60);
     for (n, chunk) in before.chunks(13).enumerate() {
         store.project(&early, &prepare_all(chunk)?, Timestamp(100 + n as u64))?;
@@ -69,7 +71,7 @@ fn a_handler_registered_later_catches_up_to_the_others() -> TestResult {
     // Re-deliveries too: they must not reach the journal twice for the late handler.
     store.project(&early, &prepare_all(before.get(..20).unwrap_or_default())?, Timestamp(150))?;
 
-    let registry = store.register(projectors(&faults)?, &[])?;
+    let registry = store.register(projectors(&faults)?, &[], Upcasters::new())?;
     ensure!(registry.needs_rebuild.is_empty(), "a new handler with a new table needs no rebuild");
     let log = index(&registry, LOG)?;
     ensure!(store.behind(&registry, log)?, "the new handler is not behind");
@@ -143,12 +145,12 @@ fn a_renamed_handler_needs_a_rebuild_which_gives_the_right_table() -> TestResult
     let faults = Faults::default();
     let ops = events(0, 50);
     {
-        let store = Store::open(&path, fast_options())?;
-        let registry = store.register(projectors(&faults)?, &[])?;
+        let store = StoreWriter::open(&path, fast_options())?;
+        let registry = store.register(projectors(&faults)?, &[], Upcasters::new())?;
         store.project(&registry, &prepare_all(&ops)?, Timestamp(100))?;
     }
-    let store = Store::open(&path, fast_options())?;
-    let registry = store.register(renamed_projectors(&faults)?, &[])?;
+    let store = StoreWriter::open(&path, fast_options())?;
+    let registry = store.register(renamed_projectors(&faults)?, &[], Upcasters::new())?;
     let names: Vec<&str> = registry.needs_rebuild.iter().map(|h| h.as_str()).collect();
     ensure_eq!(names, vec!["sum_v2"], "handlers needing a rebuild");
     let sum = index(&registry, "sum_v2")?;
@@ -184,8 +186,8 @@ fn a_renamed_handler_needs_a_rebuild_which_gives_the_right_table() -> TestResult
 
     drop(registry);
     drop(store);
-    let store = Store::open(&path, fast_options())?;
-    let registry = store.register(renamed_projectors(&faults)?, &[])?;
+    let store = StoreWriter::open(&path, fast_options())?;
+    let registry = store.register(renamed_projectors(&faults)?, &[], Upcasters::new())?;
     ensure!(registry.needs_rebuild.is_empty(), "still needs a rebuild: {:?}", registry.needs_rebuild);
     let more = events(55, 5);
     let report = store.project(&registry, &prepare_all(&more)?, Timestamp(300))?;
@@ -201,8 +203,8 @@ fn a_renamed_handler_needs_a_rebuild_which_gives_the_right_table() -> TestResult
 #[test]
 fn a_rebuild_under_an_open_snapshot_leaves_the_snapshot_alone() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path().join("snap.redb"), fast_options())?;
-    let registry = store.register(projectors(&Faults::default())?, &[])?;
+    let store = StoreWriter::open(dir.path().join("snap.redb"), fast_options())?;
+    let registry = store.register(projectors(&Faults::default())?, &[], Upcasters::new())?;
     let ops = events(0, 40);
     store.project(&registry, &prepare_all(&ops)?, Timestamp(100))?;
     let right = fold(&ops, &HANDLERS).sums;
@@ -236,8 +238,8 @@ fn the_kill_switch_pauses_serves_the_source_of_truth_and_survives_a_reopen() -> 
     let [b0, b1, b2, b3] = [events(0, 10), events(10, 10), events(20, 10), events(30, 10)];
     let switch = KillSwitch { engaged_at: Timestamp(77), pause_projection: true };
     {
-        let store = Store::open(&path, fast_options())?;
-        let registry = store.register(projectors(&faults)?, &[])?;
+        let store = StoreWriter::open(&path, fast_options())?;
+        let registry = store.register(projectors(&faults)?, &[], Upcasters::new())?;
         let sum = index(&registry, SUM)?;
         store.project(&registry, &prepare_all(&b0)?, Timestamp(100))?;
         store.set_kill_switch("sums", Some(switch))?;
@@ -259,8 +261,8 @@ fn the_kill_switch_pauses_serves_the_source_of_truth_and_survives_a_reopen() -> 
         ensure_eq!(store.catch_up(&registry, sum, &|| Timestamp(250))?.replayed, 0, "catch-up while paused");
         ensure!(store.handler_record(SUM)?.is_some_and(|r| r.paused), "sum is not recorded as paused");
     }
-    let store = Store::open(&path, fast_options())?;
-    let registry = store.register(projectors(&faults)?, &[])?;
+    let store = StoreWriter::open(&path, fast_options())?;
+    let registry = store.register(projectors(&faults)?, &[], Upcasters::new())?;
     let sum = index(&registry, SUM)?;
     ensure_eq!(store.kill_switch("sums")?, Some(switch), "the kill switch after reopening");
     ensure!(matches!(store.read(&SUMS)?, ReadAnswer::UseSourceOfTruth { .. }), "sums serves after reopening");
@@ -286,7 +288,7 @@ fn the_kill_switch_pauses_serves_the_source_of_truth_and_survives_a_reopen() -> 
 
     drop(registry);
     drop(store);
-    let store = Store::open(&path, fast_options())?;
+    let store = StoreWriter::open(&path, fast_options())?;
     ensure_eq!(store.kill_switch("sums")?, None, "the released kill switch after reopening");
     ensure_eq!(Tables::read(&store)?, fold(&all, &HANDLERS), "tables after reopening");
     Ok(())
@@ -295,8 +297,8 @@ fn the_kill_switch_pauses_serves_the_source_of_truth_and_survives_a_reopen() -> 
 #[test]
 fn a_kill_switch_without_pause_keeps_projecting_and_pausing_needs_the_journal() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path().join("switch.redb"), fast_options())?;
-    let registry = store.register(projectors(&Faults::default())?, &[])?;
+    let store = StoreWriter::open(dir.path().join("switch.redb"), fast_options())?;
+    let registry = store.register(projectors(&Faults::default())?, &[], Upcasters::new())?;
     let count = index(&registry, COUNT)?;
     let switch = KillSwitch { engaged_at: Timestamp(5), pause_projection: false };
     store.set_kill_switch("counts", Some(switch))?;
@@ -319,8 +321,8 @@ fn a_kill_switch_without_pause_keeps_projecting_and_pausing_needs_the_journal() 
 
     // Without a journal there is nothing to catch up from: pausing and rebuilding refuse.
     let options = driftless_storage::StoreOptions { journal: false, ..fast_options() };
-    let bare = Store::open(dir.path().join("bare.redb"), options)?;
-    let registry = bare.register(projectors(&Faults::default())?, &[])?;
+    let bare = StoreWriter::open(dir.path().join("bare.redb"), options)?;
+    let registry = bare.register(projectors(&Faults::default())?, &[], Upcasters::new())?;
     let paused = KillSwitch { engaged_at: Timestamp(5), pause_projection: true };
     ensure!(
         matches!(bare.set_kill_switch("sums", Some(paused)), Err(driftless_storage::CommitError::NoJournal)),
@@ -340,8 +342,8 @@ fn a_kill_switch_without_pause_keeps_projecting_and_pausing_needs_the_journal() 
 fn a_rebuild_applies_an_event_journaled_twice_once() -> TestResult {
     let dir = tempfile::tempdir()?;
     let faults = Faults::default();
-    let store = Store::open(dir.path().join("twice.redb"), fast_options())?;
-    let registry = store.register(projectors(&faults)?, &[])?;
+    let store = StoreWriter::open(dir.path().join("twice.redb"), fast_options())?;
+    let registry = store.register(projectors(&faults)?, &[], Upcasters::new())?;
     let sum = index(&registry, SUM)?;
     let x = Op::new("x", "k0", 1_000, 7).failing(&HANDLERS);
     let y = Op::new("y", "k0", 1_001, 5);

@@ -1,14 +1,15 @@
 //! `Store::snapshot`: reads that see one moment of the file.
 
 use super::support::{fast_options, prepare_all, projectors, Faults, Op, TestResult};
+use driftless_domain::Upcasters;
 use driftless_domain::{codec, Timestamp};
-use driftless_storage::Store;
+use driftless_storage::StoreWriter;
 
 #[test]
 fn a_snapshot_reads_the_journal_and_the_rows_as_they_were_when_it_was_taken() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path().join("snap.redb"), fast_options())?;
-    let registry = store.register(projectors(&Faults::default())?, &[])?;
+    let store = StoreWriter::open(dir.path().join("snap.redb"), fast_options())?;
+    let registry = store.register(projectors(&Faults::default())?, &[], Upcasters::new())?;
     let first = [Op::new("e1", "k", 1, 5), Op::new("e2", "k", 2, 7)];
     store.project(&registry, &prepare_all(&first)?, Timestamp(10))?;
 
@@ -33,8 +34,8 @@ fn a_snapshot_reads_the_journal_and_the_rows_as_they_were_when_it_was_taken() ->
 #[test]
 fn a_snapshot_gives_an_aggregates_bodies_filed_or_not_and_reads_many_keys_alike() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path().join("bodies.redb"), fast_options())?;
-    let registry = store.register(projectors(&Faults::default())?, &[])?;
+    let store = StoreWriter::open(dir.path().join("bodies.redb"), fast_options())?;
+    let registry = store.register(projectors(&Faults::default())?, &[], Upcasters::new())?;
     let early: Vec<Op> =
         (0..6).map(|i| Op::new(&format!("a{i}"), if i % 2 == 0 { "k" } else { "j" }, i as u64, 1)).collect();
     store.project(&registry, &prepare_all(&early)?, Timestamp(10))?;
@@ -54,7 +55,7 @@ fn a_snapshot_gives_an_aggregates_bodies_filed_or_not_and_reads_many_keys_alike(
         snapshot.aggregate_bodies(aggregate, &mut bodies)?;
         let want: Vec<Vec<u8>> =
             store.journal_for_aggregate(aggregate)?.into_iter().map(|e| e.body).collect();
-        let got: Vec<Vec<u8>> = bodies.iter().map(<[u8]>::to_vec).collect();
+        let got: Vec<Vec<u8>> = bodies.iter().map(|(_, body)| body.to_vec()).collect();
         ensure_eq!(got, want, "the bodies of {aggregate}");
         ensure_eq!(bodies.len(), want.len(), "how many bodies {aggregate} has");
         ensure_eq!(bodies.is_empty(), want.is_empty(), "whether {aggregate} has bodies");
@@ -64,7 +65,7 @@ fn a_snapshot_gives_an_aggregates_bodies_filed_or_not_and_reads_many_keys_alike(
         snapshot.aggregate_bodies(aggregate, &mut bodies)?;
         Ok(bodies
             .iter()
-            .map(codec::stable_decode::<Op>)
+            .map(|(_, body)| codec::stable_decode::<Op>(body))
             .map(|op| op.map(|op| op.id.unwrap_or_default()))
             .collect::<Result<_, _>>()?)
     };

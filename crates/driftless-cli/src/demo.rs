@@ -62,7 +62,11 @@ fn prepare_database(path: &Path) -> Result<&'static str, CliError> {
         Ok(_) => {}
     }
     let options = driftless_storage::StoreOptions { cache_bytes: Some(16 << 20), ..Default::default() };
-    let store = match driftless::Store::open(path, options) {
+    let store = match driftless_storage::StoreWriter::open_upgrading(
+        path,
+        options,
+        &driftless_listings::embed::upcasters(),
+    ) {
         Ok(store) => store,
         Err(OpenError::NotDriftless { .. }) => {
             return Err(CliError::Failed(format!(
@@ -272,7 +276,7 @@ pub fn run(
         out,
         &format!("5. Chaos: change {rows} listing_card rows behind the projector's back (valid envelopes, wrong prices)"),
     )?;
-    let changed = tamper(engine.store(), ReadModel::ListingCard, rows, cfg.seed)?;
+    let changed = tamper(&engine, ReadModel::ListingCard, rows, cfg.seed)?;
     for t in &changed {
         out.line(format!("  {}: {} {} -> {}", t.key, t.field, count(t.before), count(t.after)))?;
     }

@@ -116,7 +116,7 @@ pub fn ingest_lines(
             Err(other) => entries.push((line, Entry::Malformed(other.to_string()))),
         }
         if events.len() >= batch {
-            let receipt = engine.dispatch_batch(std::mem::take(&mut events))?;
+            let receipt = engine.dispatch_batch(std::mem::take(&mut events)).map_err(|e| e.error)?;
             pending.push_back(Pending { entries: std::mem::take(&mut entries), receipt: Some(receipt) });
             while pending.len() > MAX_IN_FLIGHT {
                 if let Some(p) = pending.pop_front() {
@@ -127,7 +127,8 @@ pub fn ingest_lines(
         }
     }
     if !entries.is_empty() {
-        let receipt = if events.is_empty() { None } else { Some(engine.dispatch_batch(events)?) };
+        let receipt =
+            if events.is_empty() { None } else { Some(engine.dispatch_batch(events).map_err(|e| e.error)?) };
         pending.push_back(Pending { entries, receipt });
     }
     while let Some(p) = pending.pop_front() {
@@ -176,6 +177,12 @@ fn resolve(p: Pending, summary: &mut Summary, on_notice: &mut dyn FnMut(&Notice)
                             event_id: report.event_id.as_str().to_string(),
                             reason,
                         });
+                    }
+                    // Not accepted, nothing of it stored: for the contract's counts, the line
+                    // is as good as malformed.
+                    EventOutcome::Refused { reason } => {
+                        bump(&mut summary.malformed);
+                        on_notice(&Notice::Malformed { line, reason });
                     }
                 }
             }

@@ -5,8 +5,8 @@ use crate::config::{parse_handler, ReadModel};
 use crate::db::{self, ListingEngine};
 use crate::error::CliError;
 use crate::out::{count, count_usize, utc, Align, Out, Table};
+use driftless::codec;
 use driftless::reconcile::PromotionState;
-use driftless::{codec, Store};
 use driftless_listings::{DistrictStats, ListingCard, MAX_SAFE_INTEGER};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -269,7 +269,7 @@ pub struct Tampered {
 /// valid envelopes (so only reconciliation can tell): a card's price + 1, a district's
 /// inquiries + 7. The rows are drawn with `seed`; the result is in key order.
 pub fn tamper(
-    store: &Store,
+    engine: &ListingEngine,
     read_model: ReadModel,
     rows: usize,
     seed: u64,
@@ -283,7 +283,7 @@ pub fn tamper(
     if rows == 0 {
         return Err(CliError::Usage("--rows must be at least 1".into()));
     }
-    let existing = store.raw_rows(read_model.name())?;
+    let existing = engine.store().raw_rows(read_model.name())?;
     if rows > existing.len() {
         return Err(CliError::Failed(format!(
             "{} has only {} rows, fewer than the {} to tamper with",
@@ -317,7 +317,7 @@ pub fn tamper(
                 ("inquiries", before, stats.inquiries, codec::encode(&stats)?)
             }
         };
-        store.tamper_row(read_model.name(), &key, Some(&bytes))?;
+        engine.chaos_tamper_row(read_model.name(), &key, Some(&bytes))?;
         out.push(Tampered {
             read_model: read_model.name().to_string(),
             key: String::from_utf8_lossy(&key).into_owned(),
@@ -358,7 +358,7 @@ pub fn chaos_tamper(
             .map_or(0, |d| d.as_nanos() as u64 ^ u64::from(std::process::id()))
     });
     let engine = db::open_existing(db_path)?;
-    let changed = tamper(engine.store(), read_model, rows, seed)?;
+    let changed = tamper(&engine, read_model, rows, seed)?;
     engine.shutdown()?;
     if json {
         for t in &changed {

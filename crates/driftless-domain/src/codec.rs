@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 pub const ENVELOPE_VERSION: u8 = 2;
 /// The first envelope version: a blake3 checksum (its first 8 bytes). Still read.
 pub const ENVELOPE_VERSION_BLAKE3: u8 = 1;
+/// The envelope version of a value whose checksum also covers the key it is stored under:
+/// XXH3-64 of `version || body`, seeded with XXH3-64 of the key. Read with [`decode_keyed`].
+pub const ENVELOPE_VERSION_KEYED: u8 = 3;
 /// Bytes of checksum at the end of every envelope.
 pub const CHECKSUM_LEN: usize = 8;
 /// The largest body the codec encodes or decodes: 16 MiB.
@@ -61,6 +64,16 @@ pub enum CodecError {
     /// The checksum does not match: the stored bytes were changed after they were written.
     #[error("the stored value fails its checksum: it was changed after it was written")]
     Checksum,
+    /// The checksum of a value that covers its key does not match: the value was changed,
+    /// or it is filed under another key than the one it was written for.
+    #[error(
+        "the stored value fails its checksum against its key: it was changed, or it is filed under \
+         another key than the one it was written for"
+    )]
+    KeyChecksum,
+    /// A value whose checksum covers its key was read without the key.
+    #[error("the stored value is checked against its key, and was read without it")]
+    NeedsKey,
     /// The body is larger than [`MAX_BODY_LEN`].
     #[error("the value is {len} bytes long, more than the {MAX_BODY_LEN} allowed")]
     TooLarge {
@@ -177,6 +190,9 @@ pub fn verify(bytes: &[u8]) -> Result<&[u8], CodecError> {
     let Some((&version, body)) = head.split_first() else {
         return Err(CodecError::Truncated { len });
     };
+    if version == ENVELOPE_VERSION_KEYED {
+        return Err(CodecError::NeedsKey);
+    }
     if checksum(version, head) != sum {
         return Err(CodecError::Checksum);
     }
@@ -208,6 +224,95 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> 
 /// As [`decode`], except that trailing bytes are allowed.
 pub fn decode_prefix<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
     let body = verify(bytes)?;
+    bincode::serde::borrow_decode_from_slice::<T, _>(body, config())
+        .map(|(value, _)| value)
+        .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), message: e.to_string() })
+}
+
+/// The checksum of a keyed envelope: XXH3-64 of `version || body` seeded with XXH3-64 of
+/// the key, little-endian.
+fn keyed_checksum(key: &[u8], version_and_body: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let seed = xxhash_rust::xxh3::xxh3_64(key);
+    xxhash_rust::xxh3::xxh3_64_with_seed(version_and_body, seed).to_le_bytes()
+}
+
+/// Encodes `value` as an envelope whose checksum also covers `key`, the key it is stored
+/// under, appending to `out`: read back under another key, it fails its checksum.
+///
+/// # Errors
+/// As [`encode_into`].
+pub fn encode_keyed_into<T: Serialize + ?Sized>(
+    key: &[u8],
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let start = out.len();
+    out.push(ENVELOPE_VERSION_KEYED);
+    if let Err(e) = stable_encode_into(value, out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let body_len = out.len() - start - 1;
+    if body_len > MAX_BODY_LEN {
+        out.truncate(start);
+        return Err(CodecError::TooLarge { len: body_len });
+    }
+    let sum = keyed_checksum(key, out.get(start..).unwrap_or_default());
+    out.extend_from_slice(&sum);
+    Ok(())
+}
+
+/// As [`encode_keyed_into`], into a new vector.
+///
+/// # Errors
+/// As [`encode_into`].
+pub fn encode_keyed<T: Serialize + ?Sized>(key: &[u8], value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    encode_keyed_into(key, value, &mut out)?;
+    Ok(out)
+}
+
+/// Checks a keyed envelope (written by [`encode_keyed_into`]) against the key it was found
+/// under, and returns its body.
+///
+/// # Errors
+/// [`CodecError::Truncated`], [`CodecError::UnknownVersion`] for any other envelope
+/// version, [`CodecError::KeyChecksum`] when the value or its key changed.
+pub fn verify_keyed<'a>(key: &[u8], bytes: &'a [u8]) -> Result<&'a [u8], CodecError> {
+    let len = bytes.len();
+    if len < 1 + CHECKSUM_LEN {
+        return Err(CodecError::Truncated { len });
+    }
+    let (head, sum) = bytes.split_at(len - CHECKSUM_LEN);
+    let Some((&version, body)) = head.split_first() else {
+        return Err(CodecError::Truncated { len });
+    };
+    if keyed_checksum(key, head) != sum {
+        return Err(CodecError::KeyChecksum);
+    }
+    if version != ENVELOPE_VERSION_KEYED {
+        return Err(CodecError::UnknownVersion { found: version });
+    }
+    if body.len() > MAX_BODY_LEN {
+        return Err(CodecError::TooLarge { len: body.len() });
+    }
+    Ok(body)
+}
+
+/// Decodes a keyed envelope found under `key`. `T` may borrow from `bytes`.
+///
+/// # Errors
+/// As [`verify_keyed`] and [`decode`].
+pub fn decode_keyed<'a, T: Deserialize<'a>>(key: &[u8], bytes: &'a [u8]) -> Result<T, CodecError> {
+    stable_decode(verify_keyed(key, bytes)?)
+}
+
+/// As [`decode_prefix`], for a keyed envelope found under `key`.
+///
+/// # Errors
+/// As [`verify_keyed`]; trailing bytes are allowed.
+pub fn decode_prefix_keyed<'a, T: Deserialize<'a>>(key: &[u8], bytes: &'a [u8]) -> Result<T, CodecError> {
+    let body = verify_keyed(key, bytes)?;
     bincode::serde::borrow_decode_from_slice::<T, _>(body, config())
         .map(|(value, _)| value)
         .map_err(|e| CodecError::Decode { type_name: std::any::type_name::<T>(), message: e.to_string() })
@@ -362,6 +467,28 @@ mod tests {
         stable_encode_into(&5u8, &mut body)?;
         body.push(0);
         assert!(matches!(stable_decode::<u8>(&body), Err(CodecError::TrailingBytes { extra: 1, .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn a_keyed_value_fails_under_another_key() -> Result<(), CodecError> {
+        let bytes = encode_keyed(b"key-1", &row())?;
+        assert_eq!(bytes.first(), Some(&ENVELOPE_VERSION_KEYED));
+        assert_eq!(decode_keyed::<Row>(b"key-1", &bytes)?, row());
+        assert_eq!(decode_keyed::<Row>(b"key-2", &bytes), Err(CodecError::KeyChecksum));
+        assert_eq!(decode_keyed::<Row>(b"key-", &bytes), Err(CodecError::KeyChecksum));
+        assert_eq!(decode::<Row>(&bytes), Err(CodecError::NeedsKey));
+        // An unkeyed envelope is not taken for a keyed one.
+        assert!(decode_keyed::<Row>(b"key-1", &encode(&row())?).is_err());
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            if let Some(b) = damaged.get_mut(at) {
+                *b ^= 0x21;
+            }
+            assert!(decode_keyed::<Row>(b"key-1", &damaged).is_err(), "a flip at byte {at} went unnoticed");
+        }
+        let head: (String, u64) = decode_prefix_keyed(b"key-1", &bytes)?;
+        assert_eq!(head, ("Loft".to_owned(), 420_000));
         Ok(())
     }
 

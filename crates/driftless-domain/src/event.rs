@@ -37,12 +37,29 @@ impl fmt::Debug for PayloadHash {
 ///
 /// The serde representation is the event's *stable encoding*: it is what the journal stores
 /// and what the payload hash is computed over, so it must cover everything that makes the
-/// event what it is (aggregate, name, time and payload) and must not change for a stored
-/// event. Adding a field changes the hash of new events only. The encoding is bincode 2
+/// event what it is (aggregate, name, time and payload). The encoding is bincode 2
 /// (standard configuration) of that representation ([`codec::stable_encode`]), and must be
 /// a function of the event's value: driftless hashes it when the event is dispatched and
 /// encodes it again when it journals the event.
+///
+/// # Schema versions
+///
+/// bincode is positional: stored bytes mean something only to the type that wrote them.
+/// [`Event::SCHEMA_VERSION`] names the shape of this type's encoding, and every journal
+/// entry and dead letter records the version it was written at. When the type changes in a
+/// way that changes its encoding (a field added, removed, reordered or retyped, a variant
+/// added or moved), raise the version, keep the old type under another name, and register
+/// an upcaster from the old version (`Upcasters`, or the engine builder's `upcast`).
+/// Every reader of the journal then sees current events only, and a re-delivery is judged
+/// a duplicate or a conflict after upcasting.
+///
+/// The encoding must also read back as the same event: serde shapes that bincode cannot
+/// read (`#[serde(flatten)]`, untagged or internally tagged enums) or that write something
+/// other than what they read (`skip_serializing_if`) are refused before they are journaled.
 pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The version of this type's stable encoding (1 unless raised).
+    const SCHEMA_VERSION: u32 = 1;
+
     /// The aggregate (entity) the event belongs to.
     fn aggregate_id(&self) -> &str;
 
@@ -74,6 +91,8 @@ pub struct PreparedEvent<E> {
     pub encoded: Option<Vec<u8>>,
     /// blake3 of the stable encoding.
     pub hash: PayloadHash,
+    /// The length of the stable encoding in bytes.
+    pub size: usize,
 }
 
 impl<E: Event> PreparedEvent<E> {
@@ -86,7 +105,7 @@ impl<E: Event> PreparedEvent<E> {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let hash = SCRATCH.with(|scratch| -> Result<PayloadHash, CodecError> {
+        let (hash, size) = SCRATCH.with(|scratch| -> Result<(PayloadHash, usize), CodecError> {
             // A `Serialize` impl that prepares another event re-enters: it gets its own buffer.
             let mut own = Vec::new();
             let mut shared = scratch.try_borrow_mut().ok();
@@ -94,16 +113,18 @@ impl<E: Event> PreparedEvent<E> {
             buf.clear();
             codec::stable_encode_into(&event, buf)?;
             let hash = PayloadHash::of_bytes(buf);
+            let size = buf.len();
             // A rare huge event does not pin its size in every thread that prepared it.
             if buf.capacity() > SCRATCH_KEPT {
                 *buf = Vec::new();
             }
-            Ok(hash)
+            Ok((hash, size))
         })?;
-        Ok(Self { id: event.event_id(), event, encoded: None, hash })
+        Ok(Self { id: event.event_id(), event, encoded: None, hash, size })
     }
 
-    /// Rebuilds a prepared event from its stable encoding (as the journal stores it).
+    /// Rebuilds a prepared event from its stable encoding at the current
+    /// [`Event::SCHEMA_VERSION`] (as the journal stores it).
     ///
     /// # Errors
     /// [`CodecError`] when the bytes do not decode as `E`.
@@ -112,15 +133,38 @@ impl<E: Event> PreparedEvent<E> {
         Ok(Self { encoded: Some(encoded), ..prepared })
     }
 
-    /// Decodes an event from its stable encoding without keeping the bytes (they are made
-    /// again if they are needed, see [`PreparedEvent::encode_into`]).
+    /// Decodes an event from its stable encoding at the current [`Event::SCHEMA_VERSION`]
+    /// without keeping the bytes (they are made again if they are needed, see
+    /// [`PreparedEvent::encode_into`]).
     ///
     /// # Errors
     /// [`CodecError`] when the bytes do not decode as `E`.
     pub fn from_body(body: &[u8]) -> Result<Self, CodecError> {
         let event: E = codec::stable_decode(body)?;
         let hash = PayloadHash::of_bytes(body);
-        Ok(Self { id: event.event_id(), event, encoded: None, hash })
+        Ok(Self { id: event.event_id(), event, encoded: None, hash, size: body.len() })
+    }
+
+    /// Checks that `encoding`, a stable encoding of an `E`, reads back as itself: decoding
+    /// it as `E` and encoding the result gives the same bytes. An event for which this
+    /// fails could be journaled but never replayed as itself (see [`Event`]).
+    ///
+    /// # Errors
+    /// [`CodecError::Decode`] when the bytes do not decode, or decode as another event.
+    pub fn check_reads_back(encoding: &[u8]) -> Result<(), CodecError> {
+        let back: E = codec::stable_decode(encoding)?;
+        let again = codec::stable_encode(&back)?;
+        if again != encoding {
+            return Err(CodecError::Decode {
+                type_name: std::any::type_name::<E>(),
+                message: format!(
+                    "its encoding ({} bytes) reads back as another value ({} bytes when encoded again)",
+                    encoding.len(),
+                    again.len()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Appends the event's stable encoding to `out`: the bytes it came as, or the event

@@ -31,7 +31,9 @@ pub mod ids;
 pub mod offsets;
 pub mod projector;
 pub mod reconcile;
+pub mod shape;
 pub mod table;
+pub mod upcast;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::CodecError;
@@ -41,7 +43,8 @@ pub use offsets::{InMemoryOffsetStore, OffsetOutcome, OffsetRecord, OffsetStore}
 pub use projector::{
     ApplyError, CommittedRows, ProjectionContext, Projector, TableMut, TableSlot, ViewError, Views, WriteSet,
 };
-pub use table::{KeyDecodeError, TableDef, TableId, ViewKey, ViewValue};
+pub use table::{Fingerprint, FingerprintScheme, KeyDecodeError, TableDef, TableId, ViewKey, ViewValue};
+pub use upcast::{UpcastError, Upcasters};
 
 /// The text of a panic payload (`panic!` with a message carries a `&str` or a `String`),
 /// or `None` for any other payload. Pass the payload itself (`&*boxed`), not the box.

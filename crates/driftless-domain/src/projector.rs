@@ -49,6 +49,16 @@ pub enum ViewError {
         /// The table.
         table: &'static str,
     },
+    /// A row is too large to store.
+    #[error("a row of {table} is too large to store: {len} bytes, more than the {limit} allowed")]
+    TooLarge {
+        /// The table.
+        table: String,
+        /// The row's encoded length.
+        len: usize,
+        /// The most a stored value may hold.
+        limit: usize,
+    },
     /// A stored row did not decode.
     #[error("a row of {table} is unreadable: {source}")]
     Codec {
@@ -256,7 +266,7 @@ impl<'a> Views<'a> {
         let Some(found) = self.tables.iter().find(|t| t.id.name == id.name) else {
             return Err(ViewError::TableNotOwned { handler: self.handler.to_string(), table: id.name });
         };
-        if found.id.fingerprint != id.fingerprint {
+        if !found.id.same_types(&id) {
             return Err(ViewError::TypeMismatch { table: id.name });
         }
         Ok(TableMut { slot: found.slot, name: id.name, views: self, marker: PhantomData })
@@ -299,6 +309,13 @@ impl<K: ViewKey, V: ViewValue> TableMut<'_, '_, K, V> {
         let mut body = Vec::with_capacity(64);
         codec::stable_encode_into(value, &mut body)
             .map_err(|source| ViewError::Codec { table: self.name.to_string(), source })?;
+        if body.len() > codec::MAX_BODY_LEN {
+            return Err(ViewError::TooLarge {
+                table: self.name.to_string(),
+                len: body.len(),
+                limit: codec::MAX_BODY_LEN,
+            });
+        }
         self.views.set.pending.push((self.slot, key.to_key_bytes(), Some(body)));
         Ok(())
     }

@@ -79,6 +79,10 @@ pub enum ReconcileFailure {
     /// An event of the journal (the source of truth) does not decode.
     #[error("a journal event could not be decoded: {0}")]
     Codec(#[from] CodecError),
+    /// An event of the journal cannot be read as a current one (its schema version has no
+    /// upcaster, or it does not decode as its version's type).
+    #[error("a journal event cannot be read as a current one: {0}")]
+    Upcast(#[from] driftless_domain::UpcastError),
     /// The database keeps no journal, so there is nothing to replay.
     #[error("the database keeps no journal, so the read model cannot be replayed")]
     NoJournal,

@@ -2,7 +2,7 @@
 
 use crate::port::{ReconcileFailure, ReconcileSession, Reconciler};
 use driftless_domain::codec;
-use driftless_domain::{Event, ReconcileMode, ReconcileResult, SampleKey, TableDef, ViewValue};
+use driftless_domain::{Event, ReconcileMode, ReconcileResult, SampleKey, TableDef, Upcasters, ViewValue};
 use driftless_storage::{EventBodies, Snapshot, Store};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -18,7 +18,9 @@ type FoldFn<E, V> = dyn Fn(&[E]) -> Option<V> + Send + Sync;
 /// aggregate's events.
 ///
 /// For a key it reads the aggregate's events from the journal
-/// ([`Store::journal_for_aggregate`], journal order), decodes them as `E`, folds them into
+/// ([`Store::journal_for_aggregate`], journal order), decodes them as `E` (upcasting those
+/// stored at an older schema version with the upcasters registered with the store's
+/// projectors, [`Store::upcasters`]), folds them into
 /// the expected row (`None`: no row) and compares it with the stored row (read raw,
 /// ignoring the kill switch). A missing, extra, different or damaged stored row is drift,
 /// with a reason such as
@@ -83,11 +85,15 @@ struct RefoldSession<'r, E, V> {
     reconciler: &'r RefoldReconciler<E, V>,
     snapshot: Option<Snapshot>,
     bodies: EventBodies,
+    /// How events stored under older schema versions are read: the upcasters registered
+    /// with the store's projectors.
+    upcasters: Arc<Upcasters<E>>,
 }
 
 impl<'r, E: Event, V: ViewValue + PartialEq> RefoldSession<'r, E, V> {
     fn new(reconciler: &'r RefoldReconciler<E, V>) -> Self {
-        Self { reconciler, snapshot: None, bodies: EventBodies::new() }
+        let upcasters = reconciler.store.upcasters::<E>();
+        Self { reconciler, snapshot: None, bodies: EventBodies::new(), upcasters }
     }
 
     /// The row the journal says `key` should have, as of `snapshot`.
@@ -97,7 +103,11 @@ impl<'r, E: Event, V: ViewValue + PartialEq> RefoldSession<'r, E, V> {
         }
         self.bodies.clear();
         snapshot.aggregate_bodies(key, &mut self.bodies)?;
-        let events = self.bodies.iter().map(codec::stable_decode::<E>).collect::<Result<Vec<E>, _>>()?;
+        let events = self
+            .bodies
+            .iter()
+            .map(|(version, body)| self.upcasters.decode(version, body))
+            .collect::<Result<Vec<E>, _>>()?;
         Ok((self.reconciler.fold)(&events))
     }
 }

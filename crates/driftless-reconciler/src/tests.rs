@@ -13,6 +13,7 @@ use driftless_domain::{
     PromotionState, ReconcileMode, ReconcilePolicy, ReconcileResult, SampleKey, TableDef, TableId, Timestamp,
     Views,
 };
+use driftless_storage::StoreWriter;
 use driftless_storage::{Durability, Store, StoreOptions};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use metrics_util::{CompositeKey, MetricKind};
@@ -45,7 +46,7 @@ fn open(dir: &tempfile::TempDir) -> Result<Arc<Store>, driftless_storage::OpenEr
 
 fn open_with(dir: &tempfile::TempDir, journal: bool) -> Result<Arc<Store>, driftless_storage::OpenError> {
     let options = StoreOptions { durability: Durability::Eventual, journal, ..StoreOptions::default() };
-    Ok(Arc::new(Store::open(dir.path().join("db.redb"), options)?))
+    Ok(Arc::clone(StoreWriter::open(dir.path().join("db.redb"), options)?.store()))
 }
 
 fn key(i: usize) -> String {
@@ -1396,10 +1397,11 @@ impl Projector<Priced> for CardsProjector {
 fn projected_store(
     dir: &tempfile::TempDir,
     listings: usize,
-) -> Result<Arc<Store>, Box<dyn std::error::Error>> {
-    let store = open(dir)?;
+) -> Result<StoreWriter, Box<dyn std::error::Error>> {
+    let options = StoreOptions { durability: Durability::Eventual, ..StoreOptions::default() };
+    let store = StoreWriter::open(dir.path().join("db.redb"), options)?;
     let projector: Arc<dyn Projector<Priced>> = Arc::new(CardsProjector(HandlerName::new("cards")?));
-    let registry = store.register::<Priced>(vec![projector], &[])?;
+    let registry = store.register::<Priced>(vec![projector], &[], driftless_domain::Upcasters::new())?;
     let mut events = Vec::new();
     for round in 1..=2u64 {
         for n in 0..listings as u64 {
@@ -1422,7 +1424,7 @@ fn refold(store: &Arc<Store>) -> RefoldReconciler<Priced, Card> {
 fn refold_finds_a_tampered_row_and_passes_an_untouched_one() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = projected_store(&dir, 3)?;
-    let r = refold(&store);
+    let r = refold(store.store());
     assert_eq!(r.read_model(), "cards");
     assert_eq!(r.expected_row("listing-001")?, Some(Card { price: 201, changes: 2 }));
 
@@ -1442,7 +1444,7 @@ fn refold_finds_a_tampered_row_and_passes_an_untouched_one() -> TestResult {
 fn refold_reports_missing_extra_and_damaged_rows() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = projected_store(&dir, 3)?;
-    let r = refold(&store);
+    let r = refold(store.store());
     store.tamper_row("cards", b"listing-002", None)?;
     store.tamper_row("cards", b"ghost", Some(&codec::encode(&Card { price: 1, changes: 1 })?))?;
     let mut damaged = codec::encode(&Card { price: 200, changes: 2 })?;
@@ -1471,7 +1473,7 @@ fn refold_lists_the_keys_of_the_table_and_the_journal() -> TestResult {
     let store = projected_store(&dir, 3)?;
     store.tamper_row("cards", b"listing-001", None)?; // still in the journal
     store.tamper_row("cards", b"extra", Some(&codec::encode(&Card { price: 1, changes: 1 })?))?;
-    let r = refold(&store);
+    let r = refold(store.store());
     assert_eq!(
         r.list_sample_keys(Full, usize::MAX)?,
         vec!["extra", "listing-000", "listing-001", "listing-002"]
@@ -1490,7 +1492,9 @@ fn a_full_run_over_refold_finds_exactly_the_tampered_rows() -> TestResult {
         store.tamper_row("cards", k.as_bytes(), Some(&codec::encode(&Card { price: 0, changes: 9 })?))?;
     }
     let harness =
-        builder(&store, &ManualClock::new(Timestamp(T0)), &[Arc::new(refold(&store))]).workers(4).build()?;
+        builder(store.store(), &ManualClock::new(Timestamp(T0)), &[Arc::new(refold(store.store()))])
+            .workers(4)
+            .build()?;
     let report = harness.run_once(Full, None, None)?;
     let cards = only(&report)?;
     assert_eq!((cards.sampled, cards.drifted, cards.errors), (200, 3, 0));
@@ -1518,10 +1522,11 @@ fn refold_counts_an_unreadable_journal_as_an_error() -> TestResult {
     }
     let dir = tempfile::tempdir()?;
     let store = projected_store(&dir, 1)?;
-    let wrong: RefoldReconciler<Wide, Card> = RefoldReconciler::new(Arc::clone(&store), CARDS, |_| None);
+    let wrong: RefoldReconciler<Wide, Card> =
+        RefoldReconciler::new(Arc::clone(store.store()), CARDS, |_| None);
     let err = wrong.reconcile(&"listing-000".to_owned()).err().ok_or("decoded")?;
-    assert!(matches!(err, ReconcileFailure::Codec(_)), "{err}");
-    assert!(err.to_string().starts_with("a journal event could not be decoded: "));
+    assert!(matches!(err, ReconcileFailure::Upcast(driftless_domain::UpcastError::Decode { .. })), "{err}");
+    assert!(err.to_string().starts_with("a journal event cannot be read as a current one: "), "{err}");
 
     let no_journal_dir = tempfile::tempdir()?;
     let bare = open_with(&no_journal_dir, false)?;

@@ -5,10 +5,12 @@ use crate::error::{caller, contain, panic_message, CommitError};
 use crate::outcomes::HandlerOutcomes;
 use crate::registry::Registry;
 use crate::schema::{
-    canonical_time, index_key, index_key_into, physical, shadow, DeadLetter, HandlerRecord, IndexRow,
-    IndexRowHead, JournalEntryRef, JournalHead, ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX,
-    HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
+    canonical_time, index_key, index_key_into, physical, shadow, DeadLetter, EventSchema, HandlerRecord,
+    IndexRow, IndexRowHead, JournalHead, JournalRecord, ReadModelRecord, DEAD_LETTERS, EVENT_IDS,
+    EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD,
+    READ_MODELS,
 };
+use crate::schemas::schema_key;
 use crate::store::Store;
 use driftless_domain::{
     codec, ApplyError, CommittedRows, Event, EventId, PayloadHash, PreparedEvent, ProjectionContext,
@@ -55,6 +57,14 @@ pub enum EventOutcome {
     },
     /// Accepted into the journal; the handlers that need it are paused or catching up.
     Deferred,
+    /// Not accepted: nothing of it was journaled or applied, and its id stays free. The
+    /// reason says why: its encoding does not read back as the same event (a serde shape
+    /// bincode cannot round-trip), it is too large to store, or the event's own code
+    /// (`aggregate_id`, `occurred_at`, `event_name`, `Serialize`) panicked.
+    Refused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The report of one event in a committed batch.
@@ -156,7 +166,7 @@ impl<E: Event> Process<E> for Batch<'_, '_, E> {
         // Contained on its own: the feed around it is the caller's code, whose panics are
         // the caller's, while a panic in here is the storage engine's.
         let store = self.store;
-        store.contain_write("project", || self.process(ev, 0))
+        store.contain_write("project", || self.process(ev, None))
     }
 }
 
@@ -298,11 +308,13 @@ struct Batch<'t, 'r, E> {
     dead_filter: Option<Option<HashSet<u64>>>,
     /// The slot of the handler a rebuild replays the journal for (see [`Batch::process`]).
     rebuilding: Option<u32>,
+    /// Event schemas first used by this batch, written with it (see [`crate::schemas`]).
+    new_schemas: Vec<(u32, EventSchema)>,
     ws: WriteSet,
     scratch: Vec<u8>,
     /// The index key of the event being looked up.
     key: Vec<u8>,
-    /// The stable encoding of the event being journaled.
+    /// The stable encoding of the event being accepted, at the current schema version.
     body: Vec<u8>,
 }
 
@@ -313,6 +325,77 @@ fn decode_opt<T: serde::de::DeserializeOwned>(
         Some(b) => Some(codec::decode(b.value())?),
         None => None,
     })
+}
+
+/// A journal entry being replayed: where it is and how it was stored.
+#[derive(Clone, Copy)]
+pub(crate) struct Stored {
+    /// Its position.
+    pub position: u64,
+    /// The schema version of its body.
+    pub version: u32,
+    /// blake3 of its body as stored.
+    pub hash: PayloadHash,
+}
+
+/// Whether a delivery carries the payload first accepted under its id.
+enum Same {
+    Yes,
+    /// Yes, judged by upcasting the row's older payload; the row now records the current
+    /// version's hash and must be written.
+    Upgraded,
+    No,
+}
+
+/// What the event's own code says of it, asked once per delivery.
+struct Facts<'e> {
+    occurred_at: u64,
+    aggregate_id: &'e str,
+    name: &'e str,
+}
+
+impl<'e> Facts<'e> {
+    /// Asks the event, turning a panic of its code into the reason to refuse it.
+    fn of<E: Event>(event: &'e E) -> Result<Self, String> {
+        catch_unwind(AssertUnwindSafe(|| Facts {
+            occurred_at: event.occurred_at().0,
+            aggregate_id: event.aggregate_id(),
+            name: event.event_name(),
+        }))
+        .map_err(|panic| format!("the event's own code panicked: {}", panic_message(&*panic)))
+    }
+}
+
+/// The report of an event that was not accepted.
+fn refused(reason: String) -> Processed {
+    Processed {
+        position: None,
+        outcome: EventOutcome::Refused { reason },
+        handlers: HandlerOutcomes::default(),
+    }
+}
+
+/// The most bytes of a dead letter's reason that are kept.
+const MAX_REASON_LEN: usize = 4 << 10;
+
+/// `reason`, cut on a character boundary to at most [`MAX_REASON_LEN`] bytes.
+fn bounded_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON_LEN {
+        return reason.to_owned();
+    }
+    let mut end = MAX_REASON_LEN;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", reason.get(..end).unwrap_or_default())
+}
+
+/// The damage found next to a key that a lookup missed.
+fn damaged_near(what: &str, source: codec::CodecError) -> CommitError {
+    CommitError::Corrupted {
+        what: format!("looking up {what}"),
+        reason: format!("a record next to it is filed under a key it was not written for ({source})"),
+    }
 }
 
 impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
@@ -405,6 +488,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             // stored dead letters, since only a batch adds them and this one adds to it.
             dead_filter: store.dead_filter.lock().take().map(Some),
             rebuilding: None,
+            new_schemas: Vec::new(),
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
             key: Vec::with_capacity(64),
@@ -417,35 +501,83 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     /// handler of the batch applied with `ev`'s payload is reported as such without being
     /// decoded: a re-delivery, the most common event to see twice, costs one lookup and no
     /// allocation. (Rows this batch changed go the full way.)
+    ///
+    /// A miss is checked against the rows on either side of the key: a row whose key was
+    /// damaged (so that it no longer sorts where it was written) is next to where its old
+    /// key would be, and fails its keyed checksum there, so a damaged index is reported as
+    /// damage instead of passing an event already applied for a new one.
     fn lookup(&self, ev: &PreparedEvent<E>, check_applied: bool) -> Result<Lookup, CommitError> {
         if let Some(row) = self.index_overlay.get(self.key.as_slice()) {
             return Ok(Lookup::Row(row.clone()));
         }
-        let Some(stored) = self.index.get(self.key.as_slice()).map_err(|e| self.store.fail(e))? else {
+        let key = self.key.as_slice();
+        let Some(stored) = self.index.get(key).map_err(|e| self.store.fail(e))? else {
+            self.check_index_neighbours(key, ev)?;
             return Ok(Lookup::Row(None));
         };
         if check_applied {
-            let head: IndexRowHead<'_> = codec::decode_prefix(stored.value())?;
+            let head: IndexRowHead<'_> = codec::decode_prefix_keyed(key, stored.value())?;
             if head.hash == ev.hash.0 && self.slots.iter().all(|&slot| head.has(slot)) {
                 return Ok(Lookup::AppliedByAll);
             }
         }
-        Ok(Lookup::Row(Some(codec::decode(stored.value())?)))
+        Ok(Lookup::Row(Some(codec::decode_keyed(key, stored.value())?)))
+    }
+
+    /// See [`Batch::lookup`]: the rows just before and just after `key` must pass their
+    /// keyed checksums.
+    fn check_index_neighbours(&self, key: &[u8], ev: &PreparedEvent<E>) -> Result<(), CommitError> {
+        let fail = |e| self.store.fail(e);
+        let before = self.index.range::<&[u8]>(..key).map_err(fail)?.next_back();
+        let after = self.index.range::<&[u8]>(key..).map_err(fail)?.next();
+        for item in [before, after].into_iter().flatten() {
+            let (k, v) = item.map_err(fail)?;
+            codec::verify_keyed(k.value(), v.value())
+                .map_err(|e| damaged_near(&format!("the offsets of event {}", ev.id), e))?;
+        }
+        Ok(())
+    }
+
+    /// The filing time of an id in `event_ids`, if it has one. A miss for an id whose
+    /// time is not in the id itself is checked like an index miss ([`Batch::lookup`]).
+    fn explicit_time(&self, id: &str, canonical: Option<u64>) -> Result<Option<u64>, CommitError> {
+        let fail = |e| self.store.fail(e);
+        match self.ids.get(id).map_err(fail)? {
+            Some(v) => Ok(Some(codec::decode_keyed(id.as_bytes(), v.value())?)),
+            None => {
+                if canonical.is_none() {
+                    let before = self.ids.range::<&str>(..id).map_err(fail)?.next_back();
+                    let after = self.ids.range::<&str>(id..).map_err(fail)?.next();
+                    for item in [before, after].into_iter().flatten() {
+                        let (k, v) = item.map_err(fail)?;
+                        codec::verify_keyed(k.value().as_bytes(), v.value())
+                            .map_err(|e| damaged_near(&format!("where event {id} is filed"), e))?;
+                    }
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Finds the index row of `ev`'s id: where it is filed, the row, and whether a new row
     /// filed at its `occurred_at` needs an `event_ids` entry to be found again. With
     /// `check_applied`, see [`Batch::lookup`].
-    fn locate(&mut self, ev: &PreparedEvent<E>, check_applied: bool) -> Result<Located, CommitError> {
+    fn locate(
+        &mut self,
+        ev: &PreparedEvent<E>,
+        occurred_at: u64,
+        check_applied: bool,
+    ) -> Result<Located, CommitError> {
         let id = ev.id.as_str();
+        let canonical_at = canonical_time(id);
         let explicit = match self.ids_overlay.get(id) {
             Some(t) => Some(*t),
-            None if self.has_explicit_ids => decode_opt(self.ids.get(id).map_err(|e| self.store.fail(e))?)?,
+            None if self.has_explicit_ids => self.explicit_time(id, canonical_at)?,
             None => None,
         };
         // An id with an `event_ids` entry is filed at that time, found or not; otherwise a
         // default id is looked for at the time it carries.
-        let canonical = if explicit.is_some() { None } else { canonical_time(id) };
+        let canonical = if explicit.is_some() { None } else { canonical_at };
         if let Some(t) = explicit.or(canonical) {
             index_key_into(t, id, &mut self.key);
             match self.lookup(ev, check_applied)? {
@@ -456,7 +588,6 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 }
             }
         }
-        let occurred_at = ev.event.occurred_at().0;
         Ok(Located::Row {
             key: index_key(occurred_at, id),
             row: None,
@@ -471,69 +602,205 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         decode_opt(self.dead.get((handler, id)).map_err(|e| self.store.fail(e))?)
     }
 
-    fn process(&mut self, ev: &PreparedEvent<E>, known_position: u64) -> Result<Processed, CommitError> {
-        let (key, mut row, needs_id_entry) = match self.locate(ev, self.mode == Mode::Live)? {
-            Located::Row { key, row, needs_id_entry } => (key, row, needs_id_entry),
-            Located::AppliedByAll => {
-                return Ok(Processed {
-                    position: None,
-                    outcome: EventOutcome::Duplicate,
-                    handlers: HandlerOutcomes::same_for(&self.subset, HandlerOutcome::Duplicate),
-                })
+    /// The schema id of `(name, version)`, taking a new one (written with the batch) the
+    /// first time it is used.
+    fn schema_id(&mut self, name: &str, version: u32) -> u32 {
+        if let Some(id) = self.store.schemas.read().id_of(name, version) {
+            return id;
+        }
+        if let Some((id, _)) = self.new_schemas.iter().find(|(_, s)| s.name == name && s.version == version) {
+            return *id;
+        }
+        let next = self.store.schemas.read().next_id();
+        let id = next.saturating_add(u32::try_from(self.new_schemas.len()).unwrap_or(u32::MAX));
+        self.new_schemas.push((id, EventSchema { name: name.to_owned(), version }));
+        id
+    }
+
+    /// Whether `ev` carries the payload recorded in `row`. A row recorded at an older schema
+    /// version is compared after upcasting: the journal entry it points at is read, upcast
+    /// and hashed at the current version; when it matches, the row takes the current hash.
+    /// `stored` is the journal entry `ev` was replayed from, if any: when it was stored at
+    /// the row's version, its stored hash is compared directly.
+    fn same_payload(
+        &mut self,
+        row: &mut IndexRow,
+        ev: &PreparedEvent<E>,
+        stored: Option<Stored>,
+    ) -> Result<Same, CommitError> {
+        if row.hash == ev.hash.0 {
+            return Ok(Same::Yes);
+        }
+        if let Some(s) = stored {
+            if s.version == row.version {
+                return Ok(if s.hash.0 == row.hash { Same::Yes } else { Same::No });
             }
+        }
+        if row.version == E::SCHEMA_VERSION || row.position == 0 {
+            return Ok(Same::No);
+        }
+        let Some(journal) = self.journal.as_ref() else { return Ok(Same::No) };
+        let Some(bytes) = journal.get(row.position).map_err(|e| self.store.fail(e))? else {
+            return Ok(Same::No);
         };
+        let record: JournalRecord<'_> = codec::decode(bytes.value())?;
+        let schema = self.store.journal_schema(row.position, &record)?;
+        let first = self.reg.upcasters.decode(schema.version, record.body).map_err(|source| {
+            CommitError::Unreadable {
+                what: format!(
+                    "the journal entry at position {} ({}, schema version {})",
+                    row.position, schema.name, schema.version
+                ),
+                source,
+            }
+        })?;
+        let hash = PayloadHash::of_bytes(&codec::stable_encode(&first)?);
+        if hash != ev.hash {
+            return Ok(Same::No);
+        }
+        row.hash = hash.0;
+        row.version = E::SCHEMA_VERSION;
+        Ok(Same::Upgraded)
+    }
+
+    /// Encodes `ev` into `self.body` for a journal entry or a dead letter, turning a panic
+    /// of its `Serialize` into the reason to refuse it.
+    fn encode_body(&mut self, ev: &PreparedEvent<E>) -> Result<Result<(), String>, CommitError> {
+        self.body.clear();
+        let body = &mut self.body;
+        match catch_unwind(AssertUnwindSafe(|| ev.encode_into(body))) {
+            Ok(Ok(())) => Ok(Ok(())),
+            Ok(Err(e)) => Ok(Err(format!("the event could not be encoded: {e}"))),
+            Err(panic) => Ok(Err(format!("the event's own code panicked: {}", panic_message(&*panic)))),
+        }
+    }
+
+    /// Why a new event cannot be accepted, if it cannot: it must fit in a stored value
+    /// with its journal entry or dead letter around it, and its encoding must read back
+    /// as itself.
+    fn refusal(&self, ev: &PreparedEvent<E>, facts: &Facts<'_>) -> Option<String> {
+        let limit = self.store.max_event_bytes();
+        let size =
+            self.body.len().saturating_add(facts.aggregate_id.len()).saturating_add(ev.id.as_str().len());
+        if size > limit {
+            return Some(format!(
+                "the event is too large to store: {size} bytes with its aggregate id and event id, \
+                 more than the {limit} allowed"
+            ));
+        }
+        match catch_unwind(AssertUnwindSafe(|| PreparedEvent::<E>::check_reads_back(&self.body))) {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!(
+                "the event's encoding does not read back as the same event, so it could never be \
+                 replayed ({e}); see the serde shapes driftless supports"
+            )),
+            Err(panic) => Some(format!("the event's own code panicked: {}", panic_message(&*panic))),
+        }
+    }
+
+    /// Processes one delivery: a new one (`stored` is `None`) or a journal entry replayed
+    /// by a catch-up or rebuild.
+    fn process(&mut self, ev: &PreparedEvent<E>, stored: Option<Stored>) -> Result<Processed, CommitError> {
+        let facts = match Facts::of(&ev.event) {
+            Ok(facts) => facts,
+            Err(reason) => return Ok(refused(reason)),
+        };
+        let known_position = stored.map_or(0, |s| s.position);
+        let (key, mut row, needs_id_entry) =
+            match self.locate(ev, facts.occurred_at, self.mode == Mode::Live)? {
+                Located::Row { key, row, needs_id_entry } => (key, row, needs_id_entry),
+                Located::AppliedByAll => {
+                    return Ok(Processed {
+                        position: None,
+                        outcome: EventOutcome::Duplicate,
+                        handlers: HandlerOutcomes::same_for(&self.subset, HandlerOutcome::Duplicate),
+                    })
+                }
+            };
         let id = ev.id.as_str();
         // A rebuild starts the handler afresh without first clearing its bit in every index
         // row (a rewrite of every row): its bit from before the rebuild is cleared here, at
-        // the id's first journal entry, which is never after the position of the delivery
-        // first applied. A bit set by the rebuild itself is after that position, since the
-        // rebuild moves the position back to where it applied (below).
+        // the id's first journal entry, which is never after the row's position. A bit set
+        // by the rebuild itself is at or after that position.
         //
         // Where the replay applies the id again, the offset keeps the time it was first
         // applied at, so that a row the rebuild leaves as it was is not written again:
-        // `stored` is the row as it was before its bit was cleared (`None`: not cleared), to
+        // `before` is the row as it was before its bit was cleared (`None`: not cleared), to
         // compare with at the end.
-        let mut stored = None;
+        let mut before = None;
         let mut kept_at = None;
         if let (Some(slot), Some(r)) = (self.rebuilding, row.as_mut()) {
             if r.has(slot) && (r.position == 0 || known_position <= r.position) {
-                stored = Some(r.clone());
+                before = Some(r.clone());
                 kept_at = Some(r.applied_at_of(slot));
                 r.clear(slot);
-                if r.is_empty() {
-                    row = None;
-                }
             }
         }
         let was_new = row.is_none();
-        if let Some(r) = &row {
-            if !r.is_empty() && r.hash != ev.hash.0 {
-                let recorded = r.payload_hash();
-                if stored.is_some() {
-                    self.index_overlay.insert(key, row);
+        let mut changed = false;
+        if let Some(r) = row.as_mut() {
+            match self.same_payload(r, ev, stored)? {
+                Same::Yes => {}
+                Same::Upgraded => changed = true,
+                Same::No => {
+                    let recorded = r.payload_hash();
+                    if before.is_some() {
+                        self.index_overlay.insert(key, row);
+                    }
+                    return Ok(Processed {
+                        position: None,
+                        outcome: EventOutcome::Conflict { recorded },
+                        handlers: HandlerOutcomes::default(),
+                    });
                 }
-                return Ok(Processed {
-                    position: None,
-                    outcome: EventOutcome::Conflict { recorded },
-                    handlers: HandlerOutcomes::default(),
-                });
             }
         }
         let needed = self
             .subset
             .iter()
             .any(|&i| self.reg.handlers.get(i).is_some_and(|h| !row.as_ref().is_some_and(|r| r.has(h.slot))));
+        // A new event, or one some handler still needs, is accepted: encoded once, for its
+        // journal entry and any dead letter.
+        let encoded = match self.mode {
+            Mode::Live if was_new || needed => {
+                if let Err(reason) = self.encode_body(ev)? {
+                    return Ok(refused(reason));
+                }
+                if was_new {
+                    if let Some(reason) = self.refusal(ev, &facts) {
+                        return Ok(refused(reason));
+                    }
+                }
+                true
+            }
+            _ => false,
+        };
         let position = match self.mode {
-            Mode::Live if self.journal.is_some() && (row.is_none() || needed) => {
+            Mode::Live if encoded && self.journal.is_some() => {
                 self.head += 1;
-                self.append_journal(ev, self.head)?;
+                let schema = self.schema_id(facts.name, E::SCHEMA_VERSION);
+                self.append_journal(&facts, schema, self.head)?;
                 Some(self.head)
             }
             Mode::Live => None,
             Mode::Replay => Some(known_position),
         };
+        if was_new {
+            // The first accepted payload of the id, recorded whatever its handlers do.
+            row = Some(IndexRow {
+                position: position.unwrap_or(0),
+                applied_at: 0,
+                hash: ev.hash.0,
+                applied: Vec::new(),
+                version: E::SCHEMA_VERSION,
+                late: Vec::new(),
+            });
+            changed = true;
+            if needs_id_entry {
+                self.ids_overlay.insert(id.to_string(), facts.occurred_at);
+            }
+        }
         let mut outcomes = Vec::with_capacity(self.subset.len());
-        let mut changed = false;
         for k in 0..self.subset.len() {
             let (Some(&i), Some(rec)) = (self.subset.get(k), self.records.get(k)) else { continue };
             let Some(h) = self.reg.handlers.get(i) else { continue };
@@ -561,7 +828,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 let ctx = ProjectionContext {
                     event_id: ev.id.clone(),
                     handler: h.name.clone(),
-                    occurred_at: ev.event.occurred_at(),
+                    occurred_at: Timestamp(facts.occurred_at),
                     applied_at: self.now,
                     payload_hash: ev.hash,
                     position: pos,
@@ -585,26 +852,20 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 Ok(handled) => {
                     self.ws.keep_pending();
                     let at = kept_at.unwrap_or(self.now.0);
-                    let r = row.get_or_insert_with(|| IndexRow {
-                        position: pos,
-                        applied_at: at,
-                        hash: ev.hash.0,
-                        applied: Vec::new(),
-                        late: Vec::new(),
-                    });
-                    if r.is_empty() {
-                        r.position = pos;
-                        r.applied_at = at;
-                        r.hash = ev.hash.0;
-                        r.late.clear();
-                    } else if self.rebuilding == Some(h.slot) && (r.position == 0 || pos < r.position) {
-                        r.position = pos;
+                    if let Some(r) = row.as_mut() {
+                        if r.is_empty() {
+                            r.applied_at = at;
+                            r.late.clear();
+                        }
+                        if self.rebuilding == Some(h.slot) && (r.position == 0 || pos < r.position) {
+                            r.position = pos;
+                        }
+                        r.set(h.slot, at);
                     }
-                    r.set(h.slot, at);
                     changed = true;
                     if let Some(rec) = self.records.get_mut(k) {
                         if handled {
-                            let occurred = ev.event.occurred_at();
+                            let occurred = Timestamp(facts.occurred_at);
                             rec.applied += 1;
                             rec.last_occurred_at =
                                 Some(rec.last_occurred_at.map_or(occurred, |o| o.max(occurred)));
@@ -620,17 +881,15 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 }
                 Err(reason) => {
                     self.ws.discard_pending();
-                    self.record_dead_letter(k, i, ev, pos, &reason)?;
+                    let reason = bounded_reason(&reason);
+                    self.record_dead_letter(k, i, ev, &facts, encoded, pos, &reason)?;
                     outcomes.push((i, HandlerOutcome::DeadLettered { reason }));
                 }
             }
         }
-        if changed && was_new && needs_id_entry {
-            self.ids_overlay.insert(id.to_string(), ev.event.occurred_at().0);
-        }
         // A row the rebuild cleared is written unless it ended as it was.
-        let rewritten = match &stored {
-            Some(before) => row.as_ref() != Some(before),
+        let rewritten = match &before {
+            Some(b) => row.as_ref() != Some(b),
             None => changed,
         };
         if rewritten {
@@ -644,15 +903,46 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         Ok(Processed { position, outcome: summarize(&outcomes), handlers: outcomes.into() })
     }
 
-    fn append_journal(&mut self, ev: &PreparedEvent<E>, position: u64) -> Result<(), CommitError> {
+    /// Up to `limit` journal entries from `from` to `upto`, decoded (and upcast) as current
+    /// events, with where and how each was stored.
+    fn read_entries(
+        &self,
+        from: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(Stored, PreparedEvent<E>)>, CommitError> {
+        let journal = self.journal.as_ref().ok_or(CommitError::NoJournal)?;
+        let mut out = Vec::with_capacity(limit.min(upto.saturating_sub(from).saturating_add(1) as usize));
+        for item in journal.range(from..=upto).map_err(|e| self.store.fail(e))?.take(limit) {
+            let (k, v) = item.map_err(|e| self.store.fail(e))?;
+            let position = k.value();
+            let record: JournalRecord<'_> = codec::decode(v.value())?;
+            let schema = self.store.journal_schema(position, &record)?;
+            let ev = self.reg.prepare(schema.version, record.body, || {
+                format!(
+                    "the journal entry at position {position} ({}, schema version {})",
+                    schema.name, schema.version
+                )
+            })?;
+            let hash = if schema.version == E::SCHEMA_VERSION {
+                ev.hash
+            } else {
+                PayloadHash::of_bytes(record.body)
+            };
+            out.push((Stored { position, version: schema.version, hash }, ev));
+        }
+        Ok(out)
+    }
+
+    /// Appends the event encoded in `self.body` to the journal at `position`.
+    fn append_journal(&mut self, facts: &Facts<'_>, schema: u32, position: u64) -> Result<(), CommitError> {
         let Some(journal) = self.journal.as_mut() else { return Ok(()) };
-        self.body.clear();
-        ev.encode_into(&mut self.body)?;
-        let entry = JournalEntryRef {
+        let entry = JournalRecord {
             position,
-            aggregate_id: ev.event.aggregate_id(),
-            occurred_at: ev.event.occurred_at(),
+            aggregate_id: facts.aggregate_id,
+            occurred_at: Timestamp(facts.occurred_at),
             accepted_at: self.now,
+            schema,
             body: &self.body,
         };
         self.scratch.clear();
@@ -714,17 +1004,34 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         Ok(Some(filter))
     }
 
+    #[expect(clippy::too_many_arguments, reason = "the parts of one dead letter, all at hand in `process`")]
     fn record_dead_letter(
         &mut self,
         k: usize,
         i: usize,
         ev: &PreparedEvent<E>,
+        facts: &Facts<'_>,
+        encoded: bool,
         position: u64,
         reason: &str,
     ) -> Result<(), CommitError> {
         let Some(h) = self.reg.handlers.get(i) else { return Ok(()) };
         let name = h.name.to_string();
         tracing::debug!(handler = %name, event_id = %ev.id, %reason, "event dead-lettered");
+        // The current version's encoding: what a retry decodes.
+        let body = if encoded {
+            self.body.clone()
+        } else {
+            match catch_unwind(AssertUnwindSafe(|| ev.encoding())) {
+                Ok(body) => body?,
+                Err(panic) => {
+                    return Err(CommitError::Corrupted {
+                        what: "encoding a replayed event for its dead letter".into(),
+                        reason: panic_message(&*panic),
+                    })
+                }
+            }
+        };
         let prior = self.load_dead(&name, ev.id.as_str())?;
         let letter = match prior {
             Some(mut d) => {
@@ -732,7 +1039,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 d.reason = reason.to_string();
                 d.last_failed_at = self.now;
                 d.position = position;
-                d.body = ev.encoding()?;
+                d.body = body;
+                d.event_name = facts.name.to_owned();
+                d.schema_version = E::SCHEMA_VERSION;
                 d
             }
             None => {
@@ -747,7 +1056,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                     first_failed_at: self.now,
                     last_failed_at: self.now,
                     position,
-                    body: ev.encoding()?,
+                    body,
+                    event_name: facts.name.to_owned(),
+                    schema_version: E::SCHEMA_VERSION,
                 }
             }
         };
@@ -787,24 +1098,24 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     }
 
     /// Writes the buffered index rows, journal keys and dead letters into the transaction,
-    /// in key order.
+    /// in key order. Index rows and `event_ids` entries are sealed with their keys.
     fn flush_bookkeeping(&mut self) -> Result<(), CommitError> {
         let store = self.store;
         self.wrote |=
             !self.index_overlay.is_empty() || !self.ids_overlay.is_empty() || !self.dead_overlay.is_empty();
         for (key, row) in std::mem::take(&mut self.index_overlay) {
             match row {
-                Some(row) if !row.is_empty() => {
+                Some(row) => {
                     self.scratch.clear();
-                    codec::encode_into(&row, &mut self.scratch)?;
+                    codec::encode_keyed_into(&key, &row, &mut self.scratch)?;
                     self.index.insert(key.as_slice(), self.scratch.as_slice()).map(drop)
                 }
-                _ => self.index.remove(key.as_slice()).map(drop),
+                None => self.index.remove(key.as_slice()).map(drop),
             }
             .map_err(|e| store.fail(e))?;
         }
         for (id, filed_at) in std::mem::take(&mut self.ids_overlay) {
-            let bytes = codec::encode(&filed_at)?;
+            let bytes = codec::encode_keyed(id.as_bytes(), &filed_at)?;
             self.ids.insert(id.as_str(), bytes.as_slice()).map_err(|e| store.fail(e))?;
             self.has_explicit_ids = true;
         }
@@ -821,10 +1132,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         Ok(())
     }
 
-    /// Flushes and records handler progress and the journal head. Returns whether the
-    /// transaction changed anything (a batch of duplicates does not, and need not be
-    /// committed).
-    fn finish(mut self) -> Result<bool, CommitError> {
+    /// Flushes and records handler progress, the journal head and the event schemas first
+    /// used. Returns whether the transaction changed anything (a batch of duplicates does
+    /// not, and need not be committed) and the new schemas, to be known once it commits.
+    fn finish(mut self) -> Result<(bool, Vec<(u32, EventSchema)>), CommitError> {
         self.flush()?;
         let store = self.store;
         for (k, &i) in self.subset.iter().enumerate() {
@@ -838,6 +1149,11 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             self.wrote = true;
             let bytes = codec::encode(rec)?;
             self.handlers_t.insert(h.name.as_str(), bytes.as_slice()).map_err(|e| store.fail(e))?;
+        }
+        for (id, schema) in &self.new_schemas {
+            let bytes = codec::encode(schema)?;
+            self.meta.insert(schema_key(*id).as_str(), bytes.as_slice()).map_err(|e| store.fail(e))?;
+            self.wrote = true;
         }
         if self.head != self.start_head {
             let bytes = codec::encode(&self.head)?;
@@ -858,7 +1174,8 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             }
             self.wrote = true;
         }
-        Ok(self.wrote)
+        let new_schemas = std::mem::take(&mut self.new_schemas);
+        Ok((self.wrote, new_schemas))
     }
 }
 
@@ -968,11 +1285,24 @@ pub struct ReplayReport {
     pub applied: u64,
     /// Events dead-lettered.
     pub dead_lettered: u64,
+    /// Journal entries whose payload differs from the one first accepted under their event
+    /// id: skipped, never applied (each is logged). Only a journal written before format 2,
+    /// which recorded payloads only once a handler applied them, holds such entries.
+    pub conflicts: u64,
 }
 
 impl ReplayReport {
-    fn count(&mut self, r: &Processed) {
+    fn count(&mut self, r: &Processed, id: &EventId, position: u64) {
         self.replayed += 1;
+        if let EventOutcome::Conflict { recorded } = &r.outcome {
+            self.conflicts += 1;
+            tracing::warn!(
+                event_id = %id,
+                position,
+                recorded = %recorded.to_hex(),
+                "a journal entry conflicts with the payload first accepted under its id; it is skipped"
+            );
+        }
         for (_, o) in &r.handlers {
             match o {
                 HandlerOutcome::Applied => self.applied += 1,
@@ -1006,7 +1336,7 @@ impl Store {
     /// # Errors
     /// [`CommitError`] when the transaction cannot be committed; nothing of the batch is
     /// then written, and storage failures poison the store.
-    pub fn project<E: Event, D: Delivery<E>>(
+    pub(crate) fn project<E: Event, D: Delivery<E>>(
         &self,
         reg: &Registry<E>,
         events: impl IntoIterator<Item = D>,
@@ -1026,7 +1356,7 @@ impl Store {
     /// # Errors
     /// As [`Store::project`]. An error from `feed` abandons the batch: nothing of it is
     /// written, and the error is returned.
-    pub fn project_with<E: Event>(
+    pub(crate) fn project_with<E: Event>(
         &self,
         reg: &Registry<E>,
         now: Timestamp,
@@ -1042,8 +1372,10 @@ impl Store {
             // one to report, not a second one from aborting a transaction that failed.
             crate::error::caller(|| feed(&mut fed))?;
             let reports = fed.reports;
-            if batch.finish()? {
+            let (wrote, new_schemas) = batch.finish()?;
+            if wrote {
                 self.commit(txn)?;
+                self.schemas.write().extend(new_schemas);
             } else {
                 txn.abort().map_err(|e| self.fail(e))?;
             }
@@ -1069,7 +1401,7 @@ impl Store {
     ///
     /// # Errors
     /// [`CommitError`] as for [`Store::project`].
-    pub fn catch_up<E: Event>(
+    pub(crate) fn catch_up<E: Event>(
         &self,
         reg: &Registry<E>,
         handler: usize,
@@ -1078,28 +1410,23 @@ impl Store {
         self.contain_write("catch_up", || {
             let mut report = ReplayReport::default();
             loop {
-                let h = reg
-                    .handlers
-                    .get(handler)
-                    .ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
-                let rec = self
-                    .handler_record(h.name.as_str())?
-                    .ok_or_else(|| CommitError::UnknownHandler(h.name.to_string()))?;
-                if rec.paused {
-                    return Ok(report);
-                }
-                let entries = self.journal_range(rec.seen + 1, REPLAY_CHUNK)?;
-                if entries.is_empty() {
-                    return Ok(report);
-                }
                 let txn = self.begin_write()?;
                 let mut batch =
                     Batch::open(self, &txn, reg, vec![handler], Mode::Replay, caller(now), false)?;
-                for entry in entries {
-                    let position = entry.position;
-                    let ev = PreparedEvent::<E>::from_encoded(entry.body)?;
-                    let r = batch.process(&ev, position)?;
-                    report.count(&r);
+                // The handler's progress and the journal are read in the transaction that
+                // uses them.
+                let Some(rec) = batch.records.first() else { return Ok(report) };
+                if rec.paused || rec.seen >= batch.head {
+                    return Ok(report);
+                }
+                let (from, upto) = (rec.seen + 1, batch.head);
+                let entries = batch.read_entries(from, upto, REPLAY_CHUNK)?;
+                if entries.is_empty() {
+                    return Ok(report);
+                }
+                for (stored, ev) in &entries {
+                    let r = batch.process(ev, Some(*stored))?;
+                    report.count(&r, &ev.id, stored.position);
                 }
                 batch.finish()?;
                 self.commit(txn)?;
@@ -1116,7 +1443,7 @@ impl Store {
     /// # Errors
     /// [`CommitError`] as for [`Store::project`]; `Ok(None)` when there is no such dead
     /// letter.
-    pub fn retry_dead_letter<E: Event>(
+    pub(crate) fn retry_dead_letter<E: Event>(
         &self,
         reg: &Registry<E>,
         handler: usize,
@@ -1126,7 +1453,12 @@ impl Store {
         let h =
             reg.handlers.get(handler).ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
         let Some(letter) = self.dead_letter(h.name.as_str(), event_id)? else { return Ok(None) };
-        let ev = PreparedEvent::<E>::from_encoded(letter.body)?;
+        let ev = reg.prepare(letter.schema_version, &letter.body, || {
+            format!(
+                "the dead letter of {} for event {} ({}, schema version {})",
+                letter.handler, letter.event_id, letter.event_name, letter.schema_version
+            )
+        })?;
         Ok(self.project(reg, std::slice::from_ref(&ev), now)?.events.pop())
     }
 
@@ -1141,7 +1473,7 @@ impl Store {
     ///
     /// # Errors
     /// [`CommitError::NoJournal`] without a journal; otherwise as [`Store::project`].
-    pub fn rebuild<E: Event>(
+    pub(crate) fn rebuild<E: Event>(
         &self,
         reg: &Registry<E>,
         handler: usize,
@@ -1157,7 +1489,6 @@ impl Store {
                 .get(handler)
                 .ok_or_else(|| CommitError::UnknownHandler(format!("#{handler}")))?;
             let name = h.name.as_str();
-            let head = self.journal_head()?;
             let txn = self.begin_write()?;
             let f = |e: redb::TableError| self.fail(e);
             // Reset the handler: its dead letters and progress. Its bits in the index rows
@@ -1196,26 +1527,16 @@ impl Store {
             {
                 let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Replay, now, true)?;
                 batch.rebuilding = Some(h.slot);
+                // The journal head is read in this transaction, so that nothing committed
+                // before it is left out.
+                let head = batch.head;
                 let mut next = 1u64;
                 while next <= head {
-                    let mut last = next;
-                    let entries: Vec<(u64, PreparedEvent<E>)> = {
-                        let journal = batch.journal.as_ref().ok_or(CommitError::NoJournal)?;
-                        let mut out = Vec::with_capacity(REPLAY_CHUNK);
-                        for item in journal.range(next..=head).map_err(|e| self.fail(e))?.take(REPLAY_CHUNK) {
-                            let (k, v) = item.map_err(|e| self.fail(e))?;
-                            last = k.value();
-                            let entry: JournalEntryRef<'_> = codec::decode(v.value())?;
-                            out.push((entry.position, PreparedEvent::from_body(entry.body)?));
-                        }
-                        out
-                    };
-                    if entries.is_empty() {
-                        break;
-                    }
-                    for (position, ev) in &entries {
-                        let r = batch.process(ev, *position)?;
-                        report.count(&r);
+                    let entries = batch.read_entries(next, head, REPLAY_CHUNK)?;
+                    let Some(last) = entries.last().map(|(stored, _)| stored.position) else { break };
+                    for (stored, ev) in &entries {
+                        let r = batch.process(ev, Some(*stored))?;
+                        report.count(&r, &ev.id, stored.position);
                     }
                     // The bookkeeping of each chunk is written as it is done, while the
                     // rows are kept until they take too much memory: a row most events
@@ -1245,12 +1566,14 @@ impl Store {
                     .map_err(f)?;
                     let prior: Option<ReadModelRecord> =
                         decode_opt(rm.get(t.id.name).map_err(|e| self.fail(e))?)?;
+                    let fingerprint = t.id.fingerprint();
                     let rec = ReadModelRecord {
                         owner: name.to_string(),
                         kind: crate::schema::ReadModelKind::Projected,
-                        fingerprint: t.id.fingerprint,
+                        fingerprint: fingerprint.bytes,
                         kill_switch: prior.and_then(|p| p.kill_switch),
                         refreshed_at: None,
+                        fingerprint_scheme: fingerprint.scheme,
                     };
                     rm.insert(t.id.name, codec::encode(&rec)?.as_slice()).map_err(|e| self.fail(e))?;
                 }
@@ -1306,7 +1629,7 @@ impl Store {
     /// # Errors
     /// [`CommitError::UnknownReadModel`] when `view` is not a registered view; otherwise
     /// as [`Store::project`].
-    pub fn replace_view(
+    pub(crate) fn replace_view(
         &self,
         view: &str,
         rows: &[(Vec<u8>, Vec<u8>)],

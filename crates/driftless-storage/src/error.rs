@@ -61,6 +61,31 @@ pub enum OpenError {
         /// What gave it away.
         reason: String,
     },
+    /// The file was written in an older format, which only an upgrade reads (opening it
+    /// with an engine, or `StoreWriter::open_upgrading`, upgrades it in place).
+    #[error(
+        "{path} has format version {found}, older than the {supported} this build writes; open it \
+         with the engine (or `StoreWriter::open_upgrading`), which upgrades it in place"
+    )]
+    UpgradeRequired {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+        /// The version this build writes.
+        supported: u32,
+    },
+    /// Upgrading the file from an older format failed: nothing of the upgrade was written,
+    /// and the file is as it was.
+    #[error("{path} could not be upgraded from format version {from}: {reason}")]
+    UpgradeFailed {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        from: u32,
+        /// Why.
+        reason: String,
+    },
     /// The file was written by a newer driftless.
     #[error("{path} has format version {found}, newer than the {supported} this build reads")]
     NewerFormat {
@@ -159,9 +184,20 @@ pub enum CommitError {
     /// The database is poisoned by an earlier failure.
     #[error(transparent)]
     Poisoned(#[from] Poisoned),
-    /// A stored record did not decode.
-    #[error("a stored record is unreadable: {0}")]
+    /// A stored record did not decode (the file is damaged), or a record could not be
+    /// encoded.
+    #[error("a record could not be read or written: {0}")]
     Codec(#[from] CodecError),
+    /// A stored event cannot be read as a current one: its schema version has no upcaster,
+    /// or it does not decode. Nothing was written; register the upcaster named and retry.
+    #[error("{what} cannot be read as a current event: {source}")]
+    Unreadable {
+        /// Which stored event.
+        what: String,
+        /// Why.
+        #[source]
+        source: driftless_domain::UpcastError,
+    },
     /// The handler is not registered.
     #[error("no projector named {0} is registered")]
     UnknownHandler(String),
@@ -189,6 +225,23 @@ pub enum CommitError {
 }
 
 storage_from!(CommitError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+impl CommitError {
+    /// Whether the failure is the storage's (I/O, sync, damage), which latches the store
+    /// as poisoned; a failure of the request itself (an unknown handler, an unreadable
+    /// event, no journal) does not.
+    #[must_use]
+    pub fn is_storage_failure(&self) -> bool {
+        match self {
+            Self::Poisoned(_) | Self::Codec(_) | Self::Storage(_) | Self::Corrupted { .. } => true,
+            Self::Read(e) => e.is_storage_failure(),
+            Self::Unreadable { .. }
+            | Self::UnknownHandler(_)
+            | Self::UnknownReadModel(_)
+            | Self::NoJournal => false,
+        }
+    }
+}
 
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +289,14 @@ pub enum ReadError {
 }
 
 storage_from!(ReadError, redb::TransactionError, redb::TableError, redb::StorageError);
+
+impl ReadError {
+    /// Whether the failure is the storage's (I/O, damage) rather than the request's.
+    #[must_use]
+    pub fn is_storage_failure(&self) -> bool {
+        !matches!(self, Self::SchemaChanged { .. } | Self::UnknownReadModel(_))
+    }
+}
 
 impl From<CodecError> for ReadError {
     fn from(source: CodecError) -> Self {

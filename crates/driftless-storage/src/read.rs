@@ -2,9 +2,9 @@
 
 use crate::error::{caller, contain_read, CommitError, ReadError};
 use crate::schema::{
-    canonical_time, index_key, physical, DeadLetter, HandlerRecord, IndexRow, JournalEntry, JournalEntryRef,
-    JournalHead, KillSwitch, ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS, JOURNAL,
-    JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
+    canonical_time, index_key, physical, DeadLetter, EventSchema, HandlerRecord, IndexRow, JournalEntry,
+    JournalHead, JournalRecord, KillSwitch, ReadModelRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, HANDLERS,
+    JOURNAL, JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD, READ_MODELS,
 };
 use crate::store::Store;
 use driftless_domain::{codec, OffsetRecord, TableDef, Timestamp, ViewKey, ViewValue};
@@ -199,6 +199,16 @@ fn get_meta_value<T: DeserializeOwned>(
 pub struct Snapshot {
     txn: redb::ReadTransaction,
     open: Mutex<OpenTables>,
+    /// The event schemas as of when it was taken (a later one is never named in it).
+    schemas: HashMap<u32, EventSchema>,
+}
+
+/// A journal record naming a schema the store does not know: damage.
+fn unknown_schema(record: &JournalRecord<'_>) -> ReadError {
+    ReadError::Corrupted {
+        what: format!("reading the journal entry at position {}", record.position),
+        reason: format!("it names the unknown event schema #{}", record.schema),
+    }
 }
 
 /// A read model's table, read raw.
@@ -240,11 +250,15 @@ impl JournalTables {
     fn for_each_entry(
         &self,
         aggregate_id: &str,
-        mut visit: impl FnMut(JournalEntryRef<'_>) -> Result<(), ReadError>,
+        mut visit: impl FnMut(JournalRecord<'_>) -> Result<(), ReadError>,
     ) -> Result<(), ReadError> {
         let mut entry_at = |position: u64| -> Result<(), ReadError> {
             if let Some(v) = self.journal.get(position)? {
-                visit(codec::decode(v.value()).map_err(journal_damaged)?)?;
+                let record: JournalRecord<'_> = codec::decode(v.value()).map_err(journal_damaged)?;
+                if record.position != position {
+                    return Err(journal_misplaced(position, record.position));
+                }
+                visit(record)?;
             }
             Ok(())
         };
@@ -272,19 +286,27 @@ fn journal_damaged(source: driftless_domain::CodecError) -> ReadError {
     ReadError::Codec { table: "journal".into(), source }
 }
 
+/// A journal entry found at another position than it was written at.
+fn journal_misplaced(position: u64, says: u64) -> ReadError {
+    ReadError::Corrupted {
+        what: format!("reading the journal entry at position {position}"),
+        reason: format!("it says it is at position {says}"),
+    }
+}
+
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot").finish_non_exhaustive()
     }
 }
 
-/// The stable encodings of several events, one after another in one buffer: what
-/// [`Snapshot::aggregate_bodies`] fills. Reused across calls, it spares an allocation per
-/// event.
+/// The stable encodings of several events, one after another in one buffer, each with the
+/// schema version it was written at: what [`Snapshot::aggregate_bodies`] fills. Reused
+/// across calls, it spares an allocation per event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventBodies {
     bytes: Vec<u8>,
-    ends: Vec<usize>,
+    ends: Vec<(usize, u32)>,
 }
 
 impl EventBodies {
@@ -312,25 +334,25 @@ impl EventBodies {
         self.ends.is_empty()
     }
 
-    /// The bodies, in the order they were added.
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+    /// The bodies with their schema versions, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[u8])> + '_ {
         let mut start = 0;
-        self.ends.iter().map(move |&end| {
+        self.ends.iter().map(move |&(end, version)| {
             let body = self.bytes.get(start..end).unwrap_or_default();
             start = end;
-            body
+            (version, body)
         })
     }
 
-    fn push(&mut self, body: &[u8]) {
+    fn push(&mut self, version: u32, body: &[u8]) {
         self.bytes.extend_from_slice(body);
-        self.ends.push(self.bytes.len());
+        self.ends.push((self.bytes.len(), version));
     }
 }
 
 impl Snapshot {
-    fn new(txn: redb::ReadTransaction) -> Self {
-        Self { txn, open: Mutex::new(OpenTables::default()) }
+    fn new(txn: redb::ReadTransaction, schemas: HashMap<u32, EventSchema>) -> Self {
+        Self { txn, open: Mutex::new(OpenTables::default()), schemas }
     }
 
     /// One raw row of a read model, ignoring its kill switch.
@@ -359,18 +381,26 @@ impl Snapshot {
     pub fn journal_for_aggregate(&self, aggregate_id: &str) -> Result<Vec<JournalEntry>, ReadError> {
         let mut out = Vec::new();
         self.with_journal("journal_for_aggregate", |journal| {
-            journal.for_each_entry(aggregate_id, |entry| {
-                out.push(JournalEntry {
-                    position: entry.position,
-                    aggregate_id: entry.aggregate_id.to_string(),
-                    occurred_at: entry.occurred_at,
-                    accepted_at: entry.accepted_at,
-                    body: entry.body.to_vec(),
-                });
+            journal.for_each_entry(aggregate_id, |record| {
+                out.push(self.store_entry(record)?);
                 Ok(())
             })
         })?;
         Ok(out)
+    }
+
+    /// A stored journal record as a [`JournalEntry`], its schema named.
+    fn store_entry(&self, record: JournalRecord<'_>) -> Result<JournalEntry, ReadError> {
+        let schema = self.schemas.get(&record.schema).ok_or_else(|| unknown_schema(&record))?;
+        Ok(JournalEntry {
+            position: record.position,
+            aggregate_id: record.aggregate_id.to_string(),
+            occurred_at: record.occurred_at,
+            accepted_at: record.accepted_at,
+            event_name: schema.name.clone(),
+            schema_version: schema.version,
+            body: record.body.to_vec(),
+        })
     }
 
     /// Adds the stable encodings of one aggregate's events to `bodies`, in journal order:
@@ -381,8 +411,10 @@ impl Snapshot {
     /// [`ReadError`] when storage fails or an entry is damaged.
     pub fn aggregate_bodies(&self, aggregate_id: &str, bodies: &mut EventBodies) -> Result<(), ReadError> {
         self.with_journal("aggregate_bodies", |journal| {
-            journal.for_each_entry(aggregate_id, |entry| {
-                bodies.push(entry.body);
+            journal.for_each_entry(aggregate_id, |record| {
+                let version =
+                    self.schemas.get(&record.schema).ok_or_else(|| unknown_schema(&record))?.version;
+                bodies.push(version, record.body);
                 Ok(())
             })
         })
@@ -422,7 +454,8 @@ impl Store {
             let rm = txn.open_table(READ_MODELS)?;
             let rec: ReadModelRecord = get_meta_value(&rm, id.name)?
                 .ok_or_else(|| ReadError::UnknownReadModel(id.name.to_string()))?;
-            if rec.fingerprint != id.fingerprint {
+            let fingerprint = id.fingerprint();
+            if rec.fingerprint != fingerprint.bytes || rec.fingerprint_scheme != fingerprint.scheme {
                 return Err(ReadError::SchemaChanged { table: id.name.to_string() });
             }
             if let Some(k) = rec.kill_switch {
@@ -490,7 +523,12 @@ impl Store {
     /// # Errors
     /// [`ReadError::Storage`] when storage fails.
     pub fn snapshot(&self) -> Result<Snapshot, ReadError> {
-        contain_read("snapshot", || Ok(Snapshot::new(self.db.begin_read()?)))
+        contain_read("snapshot", || {
+            // The schemas are taken first: a commit adds a schema to them only after it
+            // committed, so every schema the snapshot's journal names is among them.
+            let schemas = self.schemas.read().by_id_map();
+            Ok(Snapshot::new(self.db.begin_read()?, schemas))
+        })
     }
 
     /// The last journal position handed out (0 when the journal is empty).
@@ -513,13 +551,24 @@ impl Store {
         contain_read("journal_range", || {
             let txn = self.db.begin_read()?;
             let journal = txn.open_table(JOURNAL)?;
+            let schemas = self.schemas.read();
             let mut out = Vec::new();
             for item in journal.range(from..)?.take(limit) {
-                let (_, v) = item?;
-                out.push(
-                    codec::decode(v.value())
-                        .map_err(|source| ReadError::Codec { table: "journal".into(), source })?,
-                );
+                let (k, v) = item?;
+                let record: JournalRecord<'_> = codec::decode(v.value()).map_err(journal_damaged)?;
+                if record.position != k.value() {
+                    return Err(journal_misplaced(k.value(), record.position));
+                }
+                let schema = schemas.get(record.schema).ok_or_else(|| unknown_schema(&record))?;
+                out.push(JournalEntry {
+                    position: record.position,
+                    aggregate_id: record.aggregate_id.to_string(),
+                    occurred_at: record.occurred_at,
+                    accepted_at: record.accepted_at,
+                    event_name: schema.name.clone(),
+                    schema_version: schema.version,
+                    body: record.body.to_vec(),
+                });
             }
             Ok(out)
         })
@@ -629,12 +678,13 @@ impl Store {
             let index = txn.open_table(EVENT_INDEX)?;
             let ids = txn.open_table(EVENT_IDS)?;
             let filed_at = match ids.get(event_id)? {
-                Some(b) => Some(codec::decode::<u64>(b.value())?),
+                Some(b) => Some(codec::decode_keyed::<u64>(event_id.as_bytes(), b.value())?),
                 None => canonical_time(event_id),
             };
             let Some(filed_at) = filed_at else { return Ok(None) };
-            let Some(bytes) = index.get(index_key(filed_at, event_id).as_slice())? else { return Ok(None) };
-            let row: IndexRow = codec::decode(bytes.value())?;
+            let key = index_key(filed_at, event_id);
+            let Some(bytes) = index.get(key.as_slice())? else { return Ok(None) };
+            let row: IndexRow = codec::decode_keyed(&key, bytes.value())?;
             Ok(row.has(rec.slot).then(|| OffsetRecord {
                 applied_at: Timestamp(row.applied_at_of(rec.slot)),
                 payload_hash: row.payload_hash(),
@@ -693,7 +743,7 @@ impl Store {
     ///
     /// # Errors
     /// [`CommitError`] when the write fails.
-    pub fn discard_dead_letter(&self, handler: &str, event_id: &str) -> Result<bool, CommitError> {
+    pub(crate) fn discard_dead_letter(&self, handler: &str, event_id: &str) -> Result<bool, CommitError> {
         self.contain_write("discard_dead_letter", || {
             let txn = self.begin_write()?;
             let existed = {
@@ -726,7 +776,11 @@ impl Store {
     /// # Errors
     /// [`CommitError::UnknownReadModel`]; [`CommitError::NoJournal`] when pausing without a
     /// journal to catch up from.
-    pub fn set_kill_switch(&self, read_model: &str, switch: Option<KillSwitch>) -> Result<(), CommitError> {
+    pub(crate) fn set_kill_switch(
+        &self,
+        read_model: &str,
+        switch: Option<KillSwitch>,
+    ) -> Result<(), CommitError> {
         self.contain_write("set_kill_switch", || {
             if switch.is_some_and(|s| s.pause_projection) && !self.journal_enabled() {
                 return Err(CommitError::NoJournal);
@@ -838,7 +892,13 @@ impl Store {
     ///
     /// # Errors
     /// [`CommitError`] when the write fails.
-    pub fn tamper_row(&self, read_model: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), CommitError> {
+    #[cfg(feature = "chaos")]
+    pub(crate) fn tamper_row(
+        &self,
+        read_model: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), CommitError> {
         self.contain_write("tamper_row", || {
             let txn = self.begin_write()?;
             {
@@ -902,9 +962,13 @@ impl Store {
         contain_read("scan_values", || {
             let txn = self.db.begin_read()?;
             let mut scan = ValueScan::default();
-            let mut check = |table: &str, key: String, value: &[u8]| {
+            let mut check = |table: &str, key: String, value: &[u8], keyed: Option<&[u8]>| {
                 scan.checked += 1;
-                if let Err(e) = codec::verify(value) {
+                let verified = match keyed {
+                    Some(raw_key) => codec::verify_keyed(raw_key, value),
+                    None => codec::verify(value),
+                };
+                if let Err(e) = verified {
                     scan.damaged.push((table.to_string(), key, e.to_string()));
                 }
             };
@@ -915,23 +979,32 @@ impl Store {
                 } else if name == JOURNAL.name() {
                     for item in txn.open_table(JOURNAL)?.iter()? {
                         let (k, v) = item?;
-                        check(&name, k.value().to_string(), v.value());
+                        check(&name, k.value().to_string(), v.value(), None);
                     }
                 } else if name == DEAD_LETTERS.name() {
                     for item in txn.open_table(DEAD_LETTERS)?.iter()? {
                         let (k, v) = item?;
                         let (h, id) = k.value();
-                        check(&name, format!("{h}/{id}"), v.value());
+                        check(&name, format!("{h}/{id}"), v.value(), None);
                     }
                 } else if name.starts_with("rm.") || name == EVENT_INDEX.name() {
+                    let keyed = name == EVENT_INDEX.name();
                     for item in txn.open_table(TableDefinition::<&[u8], &[u8]>::new(&name))?.iter()? {
                         let (k, v) = item?;
-                        check(&name, String::from_utf8_lossy(k.value()).into_owned(), v.value());
+                        let raw_key = k.value();
+                        check(
+                            &name,
+                            String::from_utf8_lossy(raw_key).into_owned(),
+                            v.value(),
+                            keyed.then_some(raw_key),
+                        );
                     }
                 } else {
+                    let keyed = name == EVENT_IDS.name();
                     for item in txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?.iter()? {
                         let (k, v) = item?;
-                        check(&name, k.value().to_string(), v.value());
+                        let raw_key = k.value();
+                        check(&name, raw_key.to_string(), v.value(), keyed.then_some(raw_key.as_bytes()));
                     }
                 }
             }

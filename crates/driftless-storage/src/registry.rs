@@ -4,9 +4,13 @@
 use crate::error::{caller, contain, CommitError, RegisterError};
 use crate::schema::{physical, HandlerRecord, ReadModelKind, ReadModelRecord, HANDLERS, META, READ_MODELS};
 use crate::store::Store;
-use driftless_domain::{codec, Event, HandlerName, Projector, TableId, TableSlot};
+use driftless_domain::{
+    codec, Event, Fingerprint, FingerprintScheme, HandlerName, PreparedEvent, Projector, TableId, TableSlot,
+    UpcastError, Upcasters,
+};
 use redb::{ReadableTable, TableDefinition};
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 const META_NEXT_SLOT: &str = "next_handler_slot";
@@ -40,6 +44,8 @@ pub struct Registry<E> {
     /// Handlers whose tables must be rebuilt before use: their schema changed, or they
     /// were renamed and inherit tables written by another handler.
     pub needs_rebuild: Vec<HandlerName>,
+    /// How events stored under older schema versions are read.
+    pub(crate) upcasters: Arc<Upcasters<E>>,
 }
 
 impl<E> std::fmt::Debug for Registry<E> {
@@ -70,6 +76,49 @@ impl<E: Event> Registry<E> {
     pub fn owner_of(&self, table: &str) -> Option<&RegisteredHandler<E>> {
         self.handlers.iter().find(|h| h.tables.iter().any(|t| t.id.name == table))
     }
+
+    /// The upcasters events stored under older schema versions are read with.
+    #[must_use]
+    pub fn upcasters(&self) -> &Arc<Upcasters<E>> {
+        &self.upcasters
+    }
+
+    /// A stored event (a journal entry's or dead letter's body, written at schema
+    /// `version`) as a current, prepared event. `what` names it for an error.
+    ///
+    /// # Errors
+    /// [`CommitError::Unreadable`] when it cannot be read at the current version; the
+    /// application's own code panicking on the way is such an error too.
+    pub(crate) fn prepare(
+        &self,
+        version: u32,
+        body: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<PreparedEvent<E>, CommitError> {
+        let prepared = catch_unwind(AssertUnwindSafe(|| -> Result<PreparedEvent<E>, UpcastError> {
+            if version == E::SCHEMA_VERSION {
+                return PreparedEvent::from_body(body).map_err(|source| UpcastError::Decode {
+                    version,
+                    reads_as: std::any::type_name::<E>(),
+                    source,
+                });
+            }
+            let event = self.upcasters.decode(version, body)?;
+            PreparedEvent::new(event).map_err(|source| UpcastError::Decode {
+                version,
+                reads_as: std::any::type_name::<E>(),
+                source,
+            })
+        }));
+        let result = prepared.unwrap_or_else(|panic| {
+            Err(UpcastError::Panicked {
+                version,
+                message: driftless_domain::panic_text(&*panic)
+                    .unwrap_or_else(|| "a non-text panic payload".to_owned()),
+            })
+        });
+        result.map_err(|source| CommitError::Unreadable { what: what(), source })
+    }
 }
 
 impl Store {
@@ -79,10 +128,11 @@ impl Store {
     /// # Errors
     /// [`RegisterError`] for duplicate handler names, a table declared twice, an invalid
     /// table name, or a storage failure.
-    pub fn register<E: Event>(
+    pub(crate) fn register<E: Event>(
         &self,
         projectors: Vec<Arc<dyn Projector<E>>>,
         views: &[(TableId, String)],
+        upcasters: Arc<Upcasters<E>>,
     ) -> Result<Registry<E>, RegisterError> {
         contain(
             "register",
@@ -157,19 +207,40 @@ impl Store {
                                 Some(b) => Some(codec::decode(b.value())?),
                                 None => None,
                             };
+                            let fingerprint = t.fingerprint();
                             match prior {
-                                Some(p) if p.owner != name.as_str() || p.fingerprint != t.fingerprint => {
-                                    tracing::warn!(table = t.name, handler = %name, "read model needs a rebuild: its owner or schema changed");
+                                Some(p) if p.owner != name.as_str() => {
+                                    tracing::warn!(table = t.name, handler = %name, owner = %p.owner, "read model needs a rebuild: it was written by another handler");
                                     rebuild = true;
                                 }
-                                Some(_) => {}
+                                Some(p) if same_fingerprint(&p, fingerprint) => {}
+                                Some(mut p)
+                                    if !self.journal_enabled() && trusted_format_1(&p, t, fingerprint) =>
+                                {
+                                    // Nothing to rebuild from: format 1's rule (the row type's
+                                    // name and version) is taken at its word, once.
+                                    p.fingerprint = fingerprint.bytes;
+                                    p.fingerprint_scheme = fingerprint.scheme;
+                                    rm_table.insert(t.name, codec::encode(&p)?.as_slice())?;
+                                }
+                                Some(p) => {
+                                    if p.fingerprint_scheme == FingerprintScheme::Named
+                                        && fingerprint.scheme == FingerprintScheme::Shape
+                                    {
+                                        tracing::warn!(table = t.name, handler = %name, "read model needs a rebuild: its fingerprint was recorded by type name (format 1), which cannot tell whether the row's shape changed");
+                                    } else {
+                                        tracing::warn!(table = t.name, handler = %name, "read model needs a rebuild: its row type changed");
+                                    }
+                                    rebuild = true;
+                                }
                                 None => {
                                     let rec = ReadModelRecord {
                                         owner: name.to_string(),
                                         kind: ReadModelKind::Projected,
-                                        fingerprint: t.fingerprint,
+                                        fingerprint: fingerprint.bytes,
                                         kill_switch: None,
                                         refreshed_at: None,
+                                        fingerprint_scheme: fingerprint.scheme,
                                     };
                                     rm_table.insert(t.name, codec::encode(&rec)?.as_slice())?;
                                 }
@@ -196,20 +267,24 @@ impl Store {
                             Some(b) => Some(codec::decode(b.value())?),
                             None => None,
                         };
+                        let fingerprint = t.fingerprint();
                         let changed = prior
                             .as_ref()
-                            .is_some_and(|p| p.fingerprint != t.fingerprint || p.owner != *view);
+                            .is_some_and(|p| !same_fingerprint(p, fingerprint) || p.owner != *view);
                         let mut rec = prior.unwrap_or(ReadModelRecord {
                             owner: view.clone(),
                             kind: ReadModelKind::View,
-                            fingerprint: t.fingerprint,
+                            fingerprint: fingerprint.bytes,
                             kill_switch: None,
                             refreshed_at: None,
+                            fingerprint_scheme: fingerprint.scheme,
                         });
                         let physical_name = physical(t.name);
                         if changed {
+                            // A view is refreshed from its sources, not rebuilt: emptied until then.
                             txn.delete_table(TableDefinition::<&[u8], &[u8]>::new(&physical_name))?;
-                            rec.fingerprint = t.fingerprint;
+                            rec.fingerprint = fingerprint.bytes;
+                            rec.fingerprint_scheme = fingerprint.scheme;
                             rec.owner = view.clone();
                             rec.refreshed_at = None;
                         }
@@ -224,10 +299,25 @@ impl Store {
                 }
                 written?;
                 self.commit(txn).map_err(commit_to_register)?;
-                Ok(Registry { handlers, tables: all_tables, needs_rebuild })
+                let erased: Arc<dyn std::any::Any + Send + Sync> = Arc::clone(&upcasters) as _;
+                *self.upcasters.lock() = Some(erased);
+                Ok(Registry { handlers, tables: all_tables, needs_rebuild, upcasters })
             },
         )
     }
+}
+
+/// Whether a stored record's fingerprint is the declared one.
+fn same_fingerprint(record: &ReadModelRecord, declared: Fingerprint) -> bool {
+    record.fingerprint_scheme == declared.scheme && record.fingerprint == declared.bytes
+}
+
+/// Whether a format-1 record (fingerprinted by type name) matches the declared table by
+/// format 1's rule: the same key and row type names and version.
+fn trusted_format_1(record: &ReadModelRecord, declared: &TableId, fingerprint: Fingerprint) -> bool {
+    record.fingerprint_scheme == FingerprintScheme::Named
+        && fingerprint.scheme == FingerprintScheme::Shape
+        && record.fingerprint == declared.named_fingerprint()
 }
 
 fn claim(owners: &mut HashMap<&'static str, String>, t: TableId, owner: &str) -> Result<(), RegisterError> {

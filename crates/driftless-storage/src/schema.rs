@@ -8,8 +8,11 @@ use driftless_domain::{PayloadHash, Timestamp};
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
 
-/// The format version this build writes. Files with a larger version are refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes. Files with a larger version are refused; files of
+/// an older version are upgraded in place when an engine opens them (see `upgrade.rs`).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this build upgrades from.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 /// The magic string of the format record.
 pub const MAGIC: &str = "driftless";
 
@@ -35,7 +38,6 @@ pub(crate) const JOURNAL_BY_AGGREGATE: TableDefinition<(&str, u64), ()> =
 /// `dead_letters`: (handler, event id) -> [`DeadLetter`].
 pub(crate) const DEAD_LETTERS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("driftless.dead_letters");
-
 /// The meta key of the format record.
 pub(crate) const META_FORMAT: &str = "format";
 /// The meta key of the journal head (the last position handed out).
@@ -94,18 +96,24 @@ pub(crate) struct FormatRecord {
     pub version: u32,
 }
 
-/// The exactly-once record of one event id: which handlers applied it, when, and the hash of
-/// what they applied. A row exists only while at least one handler has applied the id.
+/// The exactly-once record of one event id: the payload first accepted under it, which
+/// handlers applied it, and when. A row exists for every id that was ever accepted (journaled
+/// or, without a journal, projected), whatever its handlers did with it, so that a later
+/// delivery of another payload under the id is a conflict even when no handler applied the
+/// first. Stored in a keyed envelope: a row found under another key than its own fails its
+/// checksum.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct IndexRow {
-    /// The journal position of the delivery first applied (0 without a journal).
+    /// The journal position of the first accepted delivery (0 without a journal).
     pub position: u64,
-    /// When the first handler applied it.
+    /// When the first handler applied it (0 while none has).
     pub applied_at: u64,
-    /// blake3 of the applied event's stable encoding.
+    /// blake3 of the first accepted delivery's stable encoding at schema `version`.
     pub hash: [u8; 32],
     /// Bit `slot` is set when the handler with that slot applied the event.
     pub applied: Vec<u8>,
+    /// The schema version `hash` was computed at.
+    pub version: u32,
     /// Handlers that applied it at another time than `applied_at` (catch-up, retry).
     pub late: Vec<(u32, u64)>,
 }
@@ -181,11 +189,11 @@ fn bit_of(slot: u32) -> (usize, u8) {
     (byte, 1u8 << (slot % 8))
 }
 
-/// One accepted delivery, in dispatch order.
+/// One accepted delivery, in dispatch order, as readers see it.
 ///
-/// The body is the event's stable encoding, which holds its id, name and time; the entry
-/// repeats only what storage needs without knowing the event type. The payload hash is
-/// blake3 of the body.
+/// The body is the event's stable encoding at `schema_version` of its type, which holds its
+/// id, name and time; the entry repeats only what storage needs without knowing the event
+/// type. Decode it with the engine's upcasters (`Upcasters::decode`) to get a current event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
     /// The global position (1, 2, 3, ...).
@@ -196,13 +204,31 @@ pub struct JournalEntry {
     pub occurred_at: Timestamp,
     /// When it was accepted.
     pub accepted_at: Timestamp,
+    /// The event's name.
+    pub event_name: String,
+    /// The schema version of the event type the body was written at.
+    pub schema_version: u32,
     /// The event's stable encoding.
     pub body: Vec<u8>,
 }
 
-/// A [`JournalEntry`] in borrowed parts (same fields, same encoding).
+/// A journal entry as stored (format 2): its schema by id.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct JournalEntryRef<'a> {
+pub(crate) struct JournalRecord<'a> {
+    pub position: u64,
+    #[serde(borrow)]
+    pub aggregate_id: &'a str,
+    pub occurred_at: Timestamp,
+    pub accepted_at: Timestamp,
+    /// The key of its [`EventSchema`] in `event_schemas`.
+    pub schema: u32,
+    #[serde(borrow)]
+    pub body: &'a [u8],
+}
+
+/// A journal entry as format 1 stored it: no schema (every such event is version 1).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct JournalRecordV1<'a> {
     pub position: u64,
     #[serde(borrow)]
     pub aggregate_id: &'a str,
@@ -212,11 +238,20 @@ pub(crate) struct JournalEntryRef<'a> {
     pub body: &'a [u8],
 }
 
-/// The leading fields of a stored [`JournalEntry`].
+/// The leading fields of a stored journal entry (the same in both formats).
 #[derive(Deserialize)]
 pub(crate) struct JournalHead {
     pub position: u64,
     pub aggregate_id: String,
+}
+
+/// The name and schema version of an event type's encoding, as journal entries refer to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EventSchema {
+    /// The event's name ([`driftless_domain::Event::event_name`]).
+    pub name: String,
+    /// The schema version of the event type ([`driftless_domain::Event::SCHEMA_VERSION`]).
+    pub version: u32,
 }
 
 /// Progress and freshness marks of one handler.
@@ -273,6 +308,18 @@ pub struct ReadModelRecord {
     pub kill_switch: Option<KillSwitch>,
     /// When a view was last refreshed.
     pub refreshed_at: Option<Timestamp>,
+    /// How `fingerprint` was made (see [`driftless_domain::FingerprintScheme`]).
+    pub fingerprint_scheme: driftless_domain::FingerprintScheme,
+}
+
+/// A read-model record as format 1 stored it.
+#[derive(Deserialize)]
+pub(crate) struct ReadModelRecordV1 {
+    pub owner: String,
+    pub kind: ReadModelKind,
+    pub fingerprint: [u8; 16],
+    pub kill_switch: Option<KillSwitch>,
+    pub refreshed_at: Option<Timestamp>,
 }
 
 /// An event a handler could not apply.
@@ -294,6 +341,33 @@ pub struct DeadLetter {
     pub position: u64,
     /// The event's stable encoding, so that it can be retried without the journal.
     pub body: Vec<u8>,
+    /// The event's name.
+    pub event_name: String,
+    /// The schema version of the event type `body` was written at.
+    pub schema_version: u32,
+}
+
+/// A dead letter as format 1 stored it.
+#[derive(Deserialize)]
+pub(crate) struct DeadLetterV1 {
+    pub handler: String,
+    pub event_id: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub first_failed_at: Timestamp,
+    pub last_failed_at: Timestamp,
+    pub position: u64,
+    pub body: Vec<u8>,
+}
+
+/// An index row as format 1 stored it: a row only while some handler had applied the id.
+#[derive(Deserialize)]
+pub(crate) struct IndexRowV1 {
+    pub position: u64,
+    pub applied_at: u64,
+    pub hash: [u8; 32],
+    pub applied: Vec<u8>,
+    pub late: Vec<(u32, u64)>,
 }
 
 #[cfg(test)]
@@ -303,13 +377,19 @@ mod tests {
 
     #[test]
     fn the_head_of_a_stored_index_row_reads_as_the_row() -> Result<(), driftless_domain::CodecError> {
-        let mut row =
-            IndexRow { position: 9, applied_at: 5, hash: [7; 32], applied: Vec::new(), late: Vec::new() };
+        let mut row = IndexRow {
+            position: 9,
+            applied_at: 5,
+            hash: [7; 32],
+            applied: Vec::new(),
+            version: 1,
+            late: Vec::new(),
+        };
         row.set(0, 5);
         row.set(9, 6);
         row.set(17, 5);
-        let bytes = codec::encode(&row)?;
-        let head: IndexRowHead<'_> = codec::decode_prefix(&bytes)?;
+        let bytes = codec::encode_keyed(b"k", &row)?;
+        let head: IndexRowHead<'_> = codec::decode_prefix_keyed(b"k", &bytes)?;
         assert_eq!(head.hash, row.hash);
         assert_eq!(head.applied, row.applied.as_slice());
         for slot in 0..40 {
@@ -319,7 +399,8 @@ mod tests {
         if let Some(b) = damaged.get_mut(12) {
             *b ^= 1;
         }
-        assert!(codec::decode_prefix::<IndexRowHead<'_>>(&damaged).is_err());
+        assert!(codec::decode_prefix_keyed::<IndexRowHead<'_>>(b"k", &damaged).is_err());
+        assert!(codec::decode_prefix_keyed::<IndexRowHead<'_>>(b"j", &bytes).is_err());
         Ok(())
     }
 

@@ -3,9 +3,10 @@
 use crate::error::{CommitError, OpenError, Poisoned, StorageFailure};
 use crate::schema::{
     FormatRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, FORMAT_VERSION, HANDLERS, JOURNAL,
-    JOURNAL_BY_AGGREGATE, MAGIC, META, META_FORMAT, READ_MODELS,
+    JOURNAL_BY_AGGREGATE, MAGIC, META, META_FORMAT, OLDEST_FORMAT_VERSION, READ_MODELS,
 };
-use driftless_domain::codec;
+use crate::upgrade::LegacyEvents;
+use driftless_domain::{codec, Event, Upcasters};
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase};
 use std::fs::{File, OpenOptions};
@@ -46,7 +47,17 @@ pub struct StoreOptions {
     /// which redb panics twice at the first durable commit or at the close (the second time
     /// while the first panic unwinds), and that aborts the process.
     pub check_integrity_on_open: bool,
+    /// The largest event accepted, in bytes of its stable encoding plus its aggregate id
+    /// (default and most: [`MAX_EVENT_BYTES`]). A larger event is refused, not journaled:
+    /// every stored value, a journal entry or a dead letter holding the event among them,
+    /// must fit in the codec's limit.
+    pub max_event_bytes: usize,
 }
+
+/// The most bytes an event may take ([`StoreOptions::max_event_bytes`]): the codec's
+/// limit on a stored value, less 64 KiB for the journal entry or dead letter around the
+/// event (a dead letter's reason is cut to 4 KiB).
+pub const MAX_EVENT_BYTES: usize = driftless_domain::codec::MAX_BODY_LEN - (64 << 10);
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -55,6 +66,7 @@ impl Default for StoreOptions {
             journal: true,
             cache_bytes: None,
             check_integrity_on_open: true,
+            max_event_bytes: MAX_EVENT_BYTES,
         }
     }
 }
@@ -74,6 +86,11 @@ pub struct Store {
     /// Journal entries not yet filed by aggregate, as of the last commit that journaled or
     /// filed (see [`Store::unfiled_journal_entries`]).
     pub(crate) unfiled: std::sync::atomic::AtomicU64,
+    /// The event schemas journal entries refer to (see `schemas.rs`).
+    pub(crate) schemas: parking_lot::RwLock<crate::schemas::Schemas>,
+    /// The upcasters registered with the store's projectors (an `Upcasters<E>`), for
+    /// readers of the journal that know `E` (see [`Store::upcasters`]).
+    pub(crate) upcasters: Mutex<Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -142,7 +159,11 @@ impl Store {
     /// [`OpenError::InUse`] when another process has it open, [`OpenError::NotDriftless`]
     /// for a file that is not a driftless database, [`OpenError::NewerFormat`],
     /// [`OpenError::Corrupted`], [`OpenError::Io`].
-    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self, OpenError> {
+    pub(crate) fn open(
+        path: impl AsRef<Path>,
+        options: StoreOptions,
+        upgrade: Option<&dyn LegacyEvents>,
+    ) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => {
@@ -156,7 +177,7 @@ impl Store {
             Err(source) => return Err(OpenError::Io { path, source }),
         }
         let db = guarded(&path, || builder(&options).open(&path).map_err(|e| map_database_error(&path, e)))?;
-        Self::finish_open(DbHandle::new(db), path, options)
+        Self::finish_open(DbHandle::new(db), path, options, upgrade)
     }
 
     /// Opens (or creates, if empty) a database on a custom redb storage backend, such as a
@@ -164,9 +185,10 @@ impl Store {
     ///
     /// # Errors
     /// As [`Store::open`].
-    pub fn open_with_backend(
+    pub(crate) fn open_with_backend(
         backend: impl redb::StorageBackend,
         options: StoreOptions,
+        upgrade: Option<&dyn LegacyEvents>,
     ) -> Result<Self, OpenError> {
         let path = PathBuf::from("<backend>");
         let db = DbHandle::new(guarded(&path, || {
@@ -183,11 +205,30 @@ impl Store {
         if fresh {
             initialise(&db, &path)?;
         }
-        Self::finish_open(db, path, options)
+        Self::finish_open(db, path, options, upgrade)
     }
 
-    fn finish_open(db: DbHandle, path: PathBuf, options: StoreOptions) -> Result<Self, OpenError> {
-        guarded(&path, || check_format(&db, &path))?;
+    fn finish_open(
+        db: DbHandle,
+        path: PathBuf,
+        options: StoreOptions,
+        upgrade: Option<&dyn LegacyEvents>,
+    ) -> Result<Self, OpenError> {
+        let found = guarded(&path, || check_format(&db, &path))?;
+        if found < FORMAT_VERSION {
+            let Some(events) = upgrade else {
+                return Err(OpenError::UpgradeRequired { path, found, supported: FORMAT_VERSION });
+            };
+            guarded(&path, || crate::upgrade::upgrade(&db, &path, found, events))?;
+        }
+        let schemas = guarded(&path, || {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            crate::schemas::Schemas::load(&meta)
+                .map_err(|e| OpenError::Corrupted { path: path.clone(), reason: e.to_string() })
+        })?;
+        let mut options = options;
+        options.max_event_bytes = options.max_event_bytes.min(MAX_EVENT_BYTES);
         Ok(Self {
             db,
             path,
@@ -195,7 +236,26 @@ impl Store {
             poison: Mutex::new(None),
             dead_filter: Mutex::new(None),
             unfiled: std::sync::atomic::AtomicU64::new(0),
+            schemas: parking_lot::RwLock::new(schemas),
+            upcasters: Mutex::new(None),
         })
+    }
+
+    /// The largest event accepted ([`StoreOptions::max_event_bytes`]).
+    #[must_use]
+    pub fn max_event_bytes(&self) -> usize {
+        self.options.max_event_bytes
+    }
+
+    /// The upcasters registered with this store's projectors, when they are for events of
+    /// type `E`; none otherwise (then only current events are read).
+    #[must_use]
+    pub fn upcasters<E: Event>(&self) -> std::sync::Arc<Upcasters<E>> {
+        self.upcasters
+            .lock()
+            .as_ref()
+            .and_then(|any| std::sync::Arc::clone(any).downcast::<Upcasters<E>>().ok())
+            .unwrap_or_else(|| std::sync::Arc::new(Upcasters::new()))
     }
 
     /// The database file's path.
@@ -274,17 +334,24 @@ impl Store {
         self.db.close().map_err(|e| CommitError::Storage(StorageFailure::new(e)))
     }
 
-    /// Runs redb's integrity check (every page checksum, the allocator state).
+    /// Runs redb's integrity check (every page checksum, the allocator state). A panic of
+    /// the storage engine during the check is damage: the store is poisoned (the check may
+    /// have written the repaired allocator state) and the answer is an error.
     ///
     /// # Errors
-    /// [`CommitError::Storage`] when the check cannot run.
-    pub fn check_integrity(&mut self) -> Result<bool, CommitError> {
+    /// [`CommitError::Storage`] when the check cannot run, [`CommitError::Corrupted`] when
+    /// the storage engine stopped on damage.
+    pub(crate) fn check_integrity(&mut self) -> Result<bool, CommitError> {
         self.check_poison()?;
         let db = &mut self.db;
         match catch_unwind(AssertUnwindSafe(|| db.check_integrity())) {
             Ok(Ok(clean)) => Ok(clean),
             Ok(Err(e)) => Err(CommitError::Storage(StorageFailure::new(e))),
-            Err(_) => Ok(false),
+            Err(panic) => {
+                let reason = crate::error::panic_message(&*panic);
+                self.poison(format!("check_integrity: {reason}"));
+                Err(CommitError::Corrupted { what: "the integrity check".into(), reason })
+            }
         }
     }
 }
@@ -360,7 +427,9 @@ fn initialise(db: &Database, path: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
-fn check_format(db: &Database, path: &Path) -> Result<(), OpenError> {
+/// Checks that the file is a driftless database of a format this build reads, and returns
+/// its format version.
+fn check_format(db: &Database, path: &Path) -> Result<u32, OpenError> {
     let not_ours = |reason: &str| OpenError::NotDriftless { path: path.to_path_buf(), reason: reason.into() };
     let txn = db.begin_read()?;
     let meta = match txn.open_table(META) {
@@ -390,7 +459,10 @@ fn check_format(db: &Database, path: &Path) -> Result<(), OpenError> {
             supported: FORMAT_VERSION,
         });
     }
-    Ok(())
+    if record.version < OLDEST_FORMAT_VERSION {
+        return Err(not_ours("its format version is older than any driftless release wrote"));
+    }
+    Ok(record.version)
 }
 
 /// The store's redb database, closed on drop with any panic of the close contained.

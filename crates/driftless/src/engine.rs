@@ -1,17 +1,20 @@
 //! The engine: builder, dispatch pipeline, writer thread, reads and operations.
 
-use crate::error::{BuildError, DispatchError, DispatchWaitError, EngineError, NotCommitted};
+use crate::error::{
+    BuildError, DispatchBatchError, DispatchError, DispatchWaitError, EngineError, NotCommitted,
+};
 use crate::room::EventRoom;
 use crate::view::{MaterializedView, ViewSource};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use driftless_domain::{
-    Clock, Event, PreparedEvent, Projector, SystemClock, TableDef, Timestamp, ViewKey, ViewValue,
+    Clock, Event, PreparedEvent, Projector, SystemClock, TableDef, Timestamp, Upcasters, ViewKey, ViewValue,
 };
 use driftless_storage::{
     CommitError, DeadLetter, Durability, EventOutcome, EventReport, Feed, KillSwitch, ReadAnswer,
-    ReadModelKind, Registry, ReplayReport, Store, StoreOptions,
+    ReadModelKind, Registry, ReplayReport, Store, StoreOptions, StoreWriter, MAX_EVENT_BYTES,
 };
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -83,6 +86,11 @@ pub struct EngineOptions {
     /// page the file uses; see [`StoreOptions::check_integrity_on_open`] for the cost and
     /// for what is at stake without it.
     pub check_integrity_on_open: bool,
+    /// The largest event `dispatch` accepts: its stable encoding plus its aggregate id and
+    /// event id, in bytes (default and most: [`MAX_EVENT_BYTES`], the codec's limit on a
+    /// stored value less room for the record around the event). A larger event is refused
+    /// with [`DispatchError::TooLarge`] and nothing of it is stored.
+    pub max_event_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -100,6 +108,7 @@ impl Default for EngineOptions {
             cache_bytes: Some(DEFAULT_CACHE_BYTES),
             demotion_engages_kill_switch: true,
             check_integrity_on_open: true,
+            max_event_bytes: MAX_EVENT_BYTES,
         }
     }
 }
@@ -112,6 +121,7 @@ pub struct EngineBuilder<E: Event> {
     views: Vec<Arc<dyn MaterializedView>>,
     options: EngineOptions,
     clock: Arc<dyn Clock>,
+    upcasters: Upcasters<E>,
 }
 
 impl<E: Event> EngineBuilder<E> {
@@ -123,7 +133,38 @@ impl<E: Event> EngineBuilder<E> {
             views: Vec::new(),
             options: EngineOptions::default(),
             clock: Arc::new(SystemClock),
+            upcasters: Upcasters::new(),
         }
+    }
+
+    /// Registers how to read events stored at schema version `from_version` of `E`: they
+    /// are decoded as `Old` and turned into `New` by `step`, where `New` is the type of
+    /// version `from_version + 1` (the `Old` of the next step, or `E` itself when
+    /// `from_version + 1` is [`Event::SCHEMA_VERSION`]). Steps compose into chains; the
+    /// chain is checked when the engine opens. See [`Upcasters`].
+    pub fn upcast<Old, New>(
+        mut self,
+        from_version: u32,
+        step: impl Fn(Old) -> New + Send + Sync + 'static,
+    ) -> Self
+    where
+        Old: DeserializeOwned + 'static,
+        New: 'static,
+    {
+        self.upcasters = self.upcasters.upcast(from_version, step);
+        self
+    }
+
+    /// Replaces the upcasters with `upcasters`.
+    pub fn upcasters(mut self, upcasters: Upcasters<E>) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// Sets the largest event `dispatch` accepts (see [`EngineOptions::max_event_bytes`]).
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.options.max_event_bytes = bytes;
+        self
     }
 
     /// Adds a projector.
@@ -204,7 +245,7 @@ impl<E: Event> EngineBuilder<E> {
     /// projectors cannot be registered.
     pub fn open(self) -> Result<Engine<E>, BuildError> {
         self.check()?;
-        let store = Store::open(&self.path, self.store_options())?;
+        let store = StoreWriter::open_upgrading(&self.path, self.store_options(), &self.upcasters)?;
         self.start(store)
     }
 
@@ -218,7 +259,7 @@ impl<E: Event> EngineBuilder<E> {
         backend: impl driftless_storage::StorageBackend,
     ) -> Result<Engine<E>, BuildError> {
         self.check()?;
-        let store = Store::open_with_backend(backend, self.store_options())?;
+        let store = StoreWriter::open_with_backend_upgrading(backend, self.store_options(), &self.upcasters)?;
         self.start(store)
     }
 
@@ -229,6 +270,7 @@ impl<E: Event> EngineBuilder<E> {
             journal: o.journal,
             cache_bytes: o.cache_bytes,
             check_integrity_on_open: o.check_integrity_on_open,
+            max_event_bytes: o.max_event_bytes,
         }
     }
 
@@ -258,27 +300,51 @@ impl<E: Event> EngineBuilder<E> {
                 reason: "it must be longer than zero",
             });
         }
+        if o.max_event_bytes == 0 || o.max_event_bytes > MAX_EVENT_BYTES {
+            return Err(BuildError::InvalidSetting {
+                setting: "max_event_bytes",
+                reason: "it must be at least 1 and at most MAX_EVENT_BYTES (16 MiB less 64 KiB)",
+            });
+        }
+        self.upcasters.check().map_err(BuildError::Upcasters)?;
+        // A type that reads itself through `deserialize_any` cannot be read back from
+        // bincode at all: refused before any event of it is accepted.
+        if let Err(driftless_domain::shape::ShapeError::SelfDescribing { path }) =
+            driftless_domain::shape::shape_of::<E>()
+        {
+            return Err(BuildError::UnreadableEventType { type_name: std::any::type_name::<E>(), path });
+        }
         Ok(())
     }
 
-    fn start(self, store: Store) -> Result<Engine<E>, BuildError> {
+    fn start(self, writer: StoreWriter) -> Result<Engine<E>, BuildError> {
         let o = &self.options;
         let views: Vec<(driftless_domain::TableId, String)> =
             self.views.iter().map(|v| (v.table(), v.table().name.to_string())).collect();
-        let registry = store.register(self.projectors, &views)?;
+        let registry = writer.register(self.projectors, &views, self.upcasters)?;
         if !o.journal {
             if let Some(h) = registry.needs_rebuild.first() {
                 return Err(BuildError::CannotRebuild { handler: h.to_string() });
             }
         }
+        // Every stored event must read as a current one before anything replays it.
+        let checked = writer.check_stored_events(&registry).map_err(BuildError::from_check)?;
+        if checked.journal_entries_upcast + checked.dead_letters_upcast > 0 {
+            tracing::info!(
+                journal_entries = checked.journal_entries_upcast,
+                dead_letters = checked.dead_letters_upcast,
+                "stored events of older schema versions read through the upcasters"
+            );
+        }
+        let store = Arc::clone(writer.store());
         let shared = Arc::new(Shared {
-            store: Arc::new(store),
+            store,
+            writer: Mutex::new(writer),
             registry,
             clock: self.clock,
             room: EventRoom::new(self.options.queue_events),
             options: self.options,
             views: self.views,
-            commit_lock: Mutex::new(()),
             // The writer's work at open counts as one: until it is done, `dispatch_and_wait`
             // queues its event behind it.
             unfinished: AtomicUsize::new(1),
@@ -314,7 +380,12 @@ impl<E: Event> EngineBuilder<E> {
 }
 
 struct Shared<E: Event> {
+    /// The store, for reads.
     store: Arc<Store>,
+    /// The one writer, behind the commit lock: held by whoever commits events (the writer
+    /// thread, or a caller of [`Engine::dispatch_and_wait`] that found nothing queued) or
+    /// runs any other write.
+    writer: Mutex<StoreWriter>,
     registry: Registry<E>,
     clock: Arc<dyn Clock>,
     options: EngineOptions,
@@ -322,9 +393,6 @@ struct Shared<E: Event> {
     /// Room for events in queued messages: taken by `send`, given back when the writer
     /// receives their message.
     room: EventRoom,
-    /// Held by whoever commits events: the writer thread, or a caller of
-    /// [`Engine::dispatch_and_wait`] that found nothing queued.
-    commit_lock: Mutex<()>,
     /// Event messages sent to the writer and not yet committed (or failed), plus one until
     /// the writer has done its work at open (rebuilds, catch-up).
     unfinished: AtomicUsize,
@@ -341,7 +409,7 @@ impl<E: Event> Shared<E> {
         let rows = view
             .refresh(&ViewSource { store: &self.store })
             .map_err(|reason| EngineError::Refresh { view: name.clone(), reason })?;
-        self.store.replace_view(&name, &rows, self.clock.now())?;
+        self.writer.lock().replace_view(&name, &rows, self.clock.now())?;
         metrics::counter!("driftless_view_refreshes_total", "view" => name).increment(1);
         Ok(())
     }
@@ -588,8 +656,22 @@ impl<E: Event> Engine<E> {
     /// [`DispatchError`] when the queue is full (with [`WhenFull::Fail`]), the engine is
     /// shut down or poisoned, or the event cannot be encoded.
     pub fn dispatch(&self, event: E) -> Result<Receipt, DispatchError> {
-        let prepared = PreparedEvent::new(event)?;
+        let prepared = self.prepare(event)?;
         Ok(Receipt { rx: self.queue(vec![prepared])? })
+    }
+
+    /// Prepares an event for the queue: its id and hash, and the check of its size.
+    fn prepare(&self, event: E) -> Result<PreparedEvent<E>, DispatchError> {
+        let prepared = PreparedEvent::new(event)?;
+        let size = prepared
+            .size
+            .saturating_add(prepared.event.aggregate_id().len())
+            .saturating_add(prepared.id.as_str().len());
+        let limit = self.shared.options.max_event_bytes;
+        if size > limit {
+            return Err(DispatchError::TooLarge { size, limit });
+        }
+        Ok(prepared)
     }
 
     /// Hands one event to the engine and waits until it is committed: the same as
@@ -606,14 +688,14 @@ impl<E: Event> Engine<E> {
     /// [`DispatchWaitError::Dispatch`] as for [`Engine::dispatch`];
     /// [`DispatchWaitError::NotCommitted`] as for [`Receipt::wait`].
     pub fn dispatch_and_wait(&self, event: E) -> Result<EventReport, DispatchWaitError> {
-        let mut prepared = PreparedEvent::new(event).map_err(DispatchError::from)?;
+        let mut prepared = self.prepare(event)?;
         self.sender()?;
         let shared = &self.shared;
-        if let Some(_committing) = shared.commit_lock.try_lock() {
+        if let Some(writer) = shared.writer.try_lock() {
             // Under the lock nothing is being committed; with nothing unfinished either, the
             // work at open is done and every event dispatched before this call is committed.
             if shared.unfinished.load(SeqCst) == 0 {
-                let mut reports = commit_events(shared, 1, |feed| feed.push(&mut prepared))?;
+                let mut reports = commit_events(shared, &writer, 1, |feed| feed.push(&mut prepared))?;
                 return reports.pop().ok_or(DispatchWaitError::NotCommitted(NotCommitted::EngineStopped));
             }
         }
@@ -623,24 +705,43 @@ impl<E: Event> Engine<E> {
     /// Hands a batch of events to the engine, in order.
     ///
     /// # Errors
-    /// As [`Engine::dispatch`]. When an error is returned after part of the batch was
-    /// queued, that part is still committed.
-    pub fn dispatch_batch(&self, events: impl IntoIterator<Item = E>) -> Result<BatchReceipt, DispatchError> {
+    /// [`DispatchBatchError`]: as for [`Engine::dispatch`], for the first event that could
+    /// not be queued. The events before it that were queued are committed all the same; the
+    /// error carries their receipt ([`DispatchBatchError::queued`]), and the events from the
+    /// failing one on are not queued.
+    pub fn dispatch_batch(
+        &self,
+        events: impl IntoIterator<Item = E>,
+    ) -> Result<BatchReceipt, DispatchBatchError> {
         let max = self.shared.options.max_batch_events;
         let mut receipt = BatchReceipt { parts: Vec::new(), settled: 0, events: 0 };
         let capacity = max.min(1024);
         let mut chunk = Vec::with_capacity(capacity);
         for event in events {
-            chunk.push(PreparedEvent::new(event)?);
+            let prepared = match self.prepare(event) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    // What is prepared so far is queued, so that the receipt covers every
+                    // event before the failing one.
+                    let queued = if chunk.is_empty() { Ok(()) } else { self.send_part(&mut receipt, chunk) };
+                    let error = queued.err().unwrap_or(error);
+                    return Err(DispatchBatchError::new(error, receipt));
+                }
+            };
+            chunk.push(prepared);
             if chunk.len() >= max {
                 // A full-size buffer for the next message, so it does not grow by copying.
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(capacity));
-                self.send_part(&mut receipt, full)?;
+                if let Err(error) = self.send_part(&mut receipt, full) {
+                    return Err(DispatchBatchError::new(error, receipt));
+                }
                 receipt.settle();
             }
         }
         if !chunk.is_empty() {
-            self.send_part(&mut receipt, chunk)?;
+            if let Err(error) = self.send_part(&mut receipt, chunk) {
+                return Err(DispatchBatchError::new(error, receipt));
+            }
         }
         Ok(receipt)
     }
@@ -709,10 +810,34 @@ impl<E: Event> Engine<E> {
         Ok(self.shared.store.read(def)?)
     }
 
-    /// The underlying store, for reconciliation, inspection and tooling.
+    /// The underlying store, for reconciliation, inspection and tooling. It reads; the
+    /// engine's writer alone writes read models, under the commit lock.
     #[must_use]
     pub fn store(&self) -> &Arc<Store> {
         &self.shared.store
+    }
+
+    /// The upcasters registered with the engine: how events stored under older schema
+    /// versions are read (for readers of the journal, such as reconcilers).
+    #[must_use]
+    pub fn upcasters(&self) -> &Arc<Upcasters<E>> {
+        self.shared.registry.upcasters()
+    }
+
+    /// Writes a row of a read model behind its projector's back, under the commit lock: a
+    /// chaos tool, to show and test that reconciliation finds drift. Built only with the
+    /// `chaos` feature.
+    ///
+    /// # Errors
+    /// [`EngineError::Commit`] when the write fails.
+    #[cfg(feature = "chaos")]
+    pub fn chaos_tamper_row(
+        &self,
+        read_model: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), EngineError> {
+        Ok(self.shared.writer.lock().tamper_row(read_model, key, value)?)
     }
 
     /// The registered handler names, in registration order.
@@ -775,11 +900,17 @@ impl<E: Event> Engine<E> {
         if !self.shared.options.demotion_engages_kill_switch {
             return builder;
         }
-        let store = Arc::clone(&self.shared.store);
-        let clock = Arc::clone(&self.shared.clock);
+        // The switch is a write: it goes through the engine's writer, under the commit lock.
+        // The hook does not keep the engine alive: after a shutdown it does nothing.
+        let shared = Arc::downgrade(&self.shared);
         builder.on_demote(Arc::new(move |read_model: &str| {
-            let switch = KillSwitch { engaged_at: clock.now(), pause_projection: false };
-            match store.set_kill_switch(read_model, Some(switch)) {
+            let Some(shared) = shared.upgrade() else {
+                tracing::error!(read_model, "demoted after the engine shut down: the kill switch was not engaged");
+                return;
+            };
+            let switch = KillSwitch { engaged_at: shared.clock.now(), pause_projection: false };
+            let engaged = shared.writer.lock().set_kill_switch(read_model, Some(switch));
+            match engaged {
                 Ok(()) => tracing::warn!(read_model, "demoted: kill switch engaged, read the source of truth"),
                 Err(e) => tracing::error!(read_model, error = %e, "demoted, but the kill switch could not be engaged"),
             }
@@ -838,7 +969,7 @@ impl<E: Event> Engine<E> {
     /// # Errors
     /// Storage errors.
     pub fn discard_dead_letter(&self, handler: &str, event_id: &str) -> Result<bool, EngineError> {
-        Ok(self.shared.store.discard_dead_letter(handler, event_id)?)
+        Ok(self.shared.writer.lock().discard_dead_letter(handler, event_id)?)
     }
 
     /// Engages or releases a read model's kill switch. While engaged, reads answer
@@ -955,9 +1086,13 @@ impl<E: Event> Engine<E> {
         }
         let shared = Arc::clone(&self.shared);
         drop(self);
-        match Arc::try_unwrap(shared).map(|s| Arc::try_unwrap(s.store)) {
-            Ok(Ok(store)) => Ok(store.close()?),
-            _ => Ok(()),
+        match Arc::try_unwrap(shared) {
+            Ok(shared) => {
+                let Shared { store, writer, .. } = shared;
+                drop(store);
+                Ok(writer.into_inner().close()?)
+            }
+            Err(_) => Ok(()),
         }
     }
 
@@ -998,8 +1133,8 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
     {
-        let _committing = shared.commit_lock.lock();
-        startup(shared);
+        let writer = shared.writer.lock();
+        startup(shared, &writer);
         shared.unfinished.fetch_sub(1, SeqCst);
     }
     let mut carry: Option<Msg<E>> = None;
@@ -1019,9 +1154,9 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
         };
         match msg {
             Msg::Events { events, reply } => {
-                let _committing = shared.commit_lock.lock();
+                let writer = shared.writer.lock();
                 let (messages, events, next) =
-                    commit_group(shared, rx, (events, reply), last, last_messages > 1);
+                    commit_group(shared, &writer, rx, (events, reply), last, last_messages > 1);
                 (last, last_messages, carry) = (events, messages, next);
                 shared.unfinished.fetch_sub(messages, SeqCst);
             }
@@ -1029,8 +1164,8 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
                 let _ = reply.send(());
             }
             Msg::Command(cmd, reply) => {
-                let _committing = shared.commit_lock.lock();
-                let out = match catch_unwind(AssertUnwindSafe(|| run_command(shared, cmd))) {
+                let writer = shared.writer.lock();
+                let out = match catch_unwind(AssertUnwindSafe(|| run_command(shared, &writer, cmd))) {
                     Ok(r) => r,
                     Err(panic) => {
                         let msg = format!("the writer panicked: {}", panic_message(&panic));
@@ -1090,26 +1225,26 @@ fn file_when_idle<E: Event>(shared: &Shared<E>) {
         return;
     }
     // A caller of `dispatch_and_wait` committing now goes first; the filing waits.
-    let Some(_committing) = shared.commit_lock.try_lock() else { return };
+    let Some(writer) = shared.writer.try_lock() else { return };
     let started = Instant::now();
-    match shared.store.file_aggregates() {
+    match writer.file_aggregates() {
         Ok(_) => metrics::histogram!("driftless_filing_seconds").record(started.elapsed().as_secs_f64()),
         Err(e) => tracing::error!(error = %e, "filing the journal by aggregate failed"),
     }
 }
 
-fn startup<E: Event>(shared: &Shared<E>) {
+fn startup<E: Event>(shared: &Shared<E>, writer: &StoreWriter) {
     let now = || shared.clock.now();
     for name in &shared.registry.needs_rebuild {
         let Some(i) = shared.registry.handler_index(name.as_str()) else { continue };
-        if let Err(e) = shared.store.rebuild(&shared.registry, i, now(), &mut |_, _| {}) {
+        if let Err(e) = writer.rebuild(&shared.registry, i, now(), &mut |_, _| {}) {
             tracing::error!(handler = %name, error = %e, "rebuild at open failed");
             shared.store.poison(format!("rebuilding {name} at open failed: {e}"));
             return;
         }
     }
     for i in 0..shared.registry.handlers().len() {
-        match shared.store.catch_up(&shared.registry, i, &now) {
+        match writer.catch_up(&shared.registry, i, &now) {
             Ok(r) if r.replayed > 0 => {
                 tracing::info!(handler = i, replayed = r.replayed, "caught up from the journal")
             }
@@ -1129,6 +1264,7 @@ fn startup<E: Event>(shared: &Shared<E>) {
 /// that was not for this group.
 fn commit_group<E: Event>(
     shared: &Shared<E>,
+    writer: &StoreWriter,
     rx: &Receiver<Msg<E>>,
     first: (Vec<PreparedEvent<E>>, EventsReply),
     expected: usize,
@@ -1138,7 +1274,7 @@ fn commit_group<E: Event>(
     // (or a poisoned store, which pushes nothing) answers it with the failure too.
     let mut group = vec![first];
     let mut carry = None;
-    let mut reports = commit_events(shared, expected, |feed| {
+    let mut reports = commit_events(shared, writer, expected, |feed| {
         let started = Instant::now();
         let deadline = started + shared.options.max_batch_wait;
         // The senders the last commit answered send again within moments: waiting for them
@@ -1205,6 +1341,7 @@ fn take_tail<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
 /// caller holds the commit lock.
 fn commit_events<E: Event>(
     shared: &Shared<E>,
+    writer: &StoreWriter,
     expected: usize,
     feed: impl FnOnce(&mut Feed<'_, E>) -> Result<(), CommitError>,
 ) -> Result<Vec<EventReport>, NotCommitted> {
@@ -1213,12 +1350,16 @@ fn commit_events<E: Event>(
     }
     let started = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| {
-        shared.store.project_with(&shared.registry, shared.clock.now(), expected, feed)
+        writer.project_with(&shared.registry, shared.clock.now(), expected, feed)
     }));
     let result = match result {
         Ok(Ok(report)) => Ok(report.events),
         Ok(Err(e)) => {
-            shared.store.poison(e.to_string());
+            // Only a failure of storage latches; the store has done so already, as it
+            // returned it. Anything else failed this batch alone.
+            if e.is_storage_failure() {
+                shared.store.poison(e.to_string());
+            }
             Err(NotCommitted::CommitFailed(e.to_string()))
         }
         Err(panic) => {
@@ -1237,8 +1378,8 @@ fn commit_events<E: Event>(
 }
 
 fn count_outcomes(reports: &[EventReport]) {
-    let (mut applied, mut duplicate, mut conflict, mut rejected, mut deferred) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut applied, mut duplicate, mut conflict, mut rejected, mut deferred, mut refused) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for r in reports {
         match r.outcome {
             EventOutcome::Applied => applied += 1,
@@ -1246,6 +1387,7 @@ fn count_outcomes(reports: &[EventReport]) {
             EventOutcome::Conflict { .. } => conflict += 1,
             EventOutcome::Rejected { .. } => rejected += 1,
             EventOutcome::Deferred => deferred += 1,
+            EventOutcome::Refused { .. } => refused += 1,
         }
     }
     for (outcome, n) in [
@@ -1254,6 +1396,7 @@ fn count_outcomes(reports: &[EventReport]) {
         ("conflict", conflict),
         ("rejected", rejected),
         ("deferred", deferred),
+        ("refused", refused),
     ] {
         if n > 0 {
             metrics::counter!("driftless_events_total", "outcome" => outcome).increment(n);
@@ -1261,16 +1404,20 @@ fn count_outcomes(reports: &[EventReport]) {
     }
 }
 
-fn run_command<E: Event>(shared: &Shared<E>, cmd: Command) -> Result<CommandOutput, EngineError> {
+fn run_command<E: Event>(
+    shared: &Shared<E>,
+    writer: &StoreWriter,
+    cmd: Command,
+) -> Result<CommandOutput, EngineError> {
     if let Some(p) = shared.store.poisoned() {
         return Err(EngineError::Poisoned(p.first_failure));
     }
     let now = || shared.clock.now();
     match cmd {
         Command::Rebuild(i) => {
-            Ok(CommandOutput::Rebuilt(shared.store.rebuild(&shared.registry, i, now(), &mut |_, _| {})?))
+            Ok(CommandOutput::Rebuilt(writer.rebuild(&shared.registry, i, now(), &mut |_, _| {})?))
         }
-        Command::Retry { handler, event_id } => Ok(CommandOutput::Retried(shared.store.retry_dead_letter(
+        Command::Retry { handler, event_id } => Ok(CommandOutput::Retried(writer.retry_dead_letter(
             &shared.registry,
             handler,
             &event_id,
@@ -1287,7 +1434,7 @@ fn run_command<E: Event>(shared: &Shared<E>, cmd: Command) -> Result<CommandOutp
                 if let Some(current) = shared.store.kill_switch(&read_model)? {
                     if current.pause_projection {
                         let unpaused = KillSwitch { pause_projection: false, ..current };
-                        shared.store.set_kill_switch(&read_model, Some(unpaused))?;
+                        writer.set_kill_switch(&read_model, Some(unpaused))?;
                     }
                 }
                 if let Some(i) = shared
@@ -1295,10 +1442,10 @@ fn run_command<E: Event>(shared: &Shared<E>, cmd: Command) -> Result<CommandOutp
                     .owner_of(&read_model)
                     .and_then(|h| shared.registry.handler_index(h.name().as_str()))
                 {
-                    shared.store.catch_up(&shared.registry, i, &now)?;
+                    writer.catch_up(&shared.registry, i, &now)?;
                 }
             }
-            shared.store.set_kill_switch(&read_model, switch)?;
+            writer.set_kill_switch(&read_model, switch)?;
             tracing::info!(%read_model, engaged = engage, "kill switch changed");
             Ok(CommandOutput::Done)
         }

@@ -28,6 +28,36 @@ pub enum BuildError {
         /// The handler.
         handler: String,
     },
+    /// The registered upcasters do not fit together (see `Upcasters::check`).
+    #[error("the upcasters are inconsistent: {0}")]
+    Upcasters(#[source] driftless_domain::UpcastError),
+    /// The event type reads itself in a way bincode cannot (through `deserialize_any`:
+    /// untagged or internally tagged enums, `#[serde(flatten)]`, ...), so no event of it could
+    /// be read back from the journal.
+    #[error(
+        "the event type {type_name} cannot be read back from its encoding: {path} needs a \
+         self-describing format (untagged or internally tagged enums and #[serde(flatten)] do); \
+         see the serde shapes driftless supports"
+    )]
+    UnreadableEventType {
+        /// The event type.
+        type_name: &'static str,
+        /// Where in it.
+        path: String,
+    },
+    /// A stored event cannot be read as a current one: its schema version has no upcaster,
+    /// is newer than the event type's, or it does not decode. Nothing was written.
+    #[error("{what} cannot be read as current events: {source}")]
+    UnreadableEvents {
+        /// Which stored events.
+        what: String,
+        /// Why, and what to register.
+        #[source]
+        source: driftless_domain::UpcastError,
+    },
+    /// Checking the stored events failed in storage.
+    #[error("checking the stored events failed: {0}")]
+    Storage(#[source] CommitError),
     /// A background thread could not be started.
     #[error("the thread {name} could not be started: {source}")]
     Thread {
@@ -37,6 +67,16 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl BuildError {
+    /// The error of a failed check of the stored events.
+    pub(crate) fn from_check(e: CommitError) -> Self {
+        match e {
+            CommitError::Unreadable { what, source } => Self::UnreadableEvents { what, source },
+            other => Self::Storage(other),
+        }
+    }
 }
 
 /// Why an event was not accepted for projection.
@@ -58,6 +98,42 @@ pub enum DispatchError {
     /// The event could not be encoded.
     #[error("the event could not be encoded: {0}")]
     Encode(#[from] driftless_domain::CodecError),
+    /// The event is too large to store.
+    #[error(
+        "the event is too large to store: {size} bytes (its encoding, aggregate id and event id), \
+         more than the {limit} allowed (EngineOptions::max_event_bytes)"
+    )]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Why [`crate::Engine::dispatch_batch`] did not queue the whole batch.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct DispatchBatchError {
+    /// Why the first event not queued was refused.
+    #[source]
+    pub error: DispatchError,
+    /// The receipt of the events before it that were queued (behind a mutex only so that
+    /// the error can cross threads as `Send + Sync`).
+    queued: std::sync::Mutex<crate::BatchReceipt>,
+}
+
+impl DispatchBatchError {
+    pub(crate) fn new(error: DispatchError, queued: crate::BatchReceipt) -> Self {
+        Self { error, queued: std::sync::Mutex::new(queued) }
+    }
+
+    /// The receipt of the events before the refused one that were queued: they are
+    /// committed all the same, and waiting on it tells how.
+    #[must_use]
+    pub fn into_queued(self) -> crate::BatchReceipt {
+        self.queued.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Why [`crate::Engine::dispatch_and_wait`] returned no report.
@@ -77,8 +153,10 @@ pub enum DispatchWaitError {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotCommitted {
-    /// The commit failed; nothing of the batch was written.
-    #[error("the batch holding the event failed to commit: {0}")]
+    /// The commit failed. Nothing of the batch is committed, unless the failure was in the
+    /// final sync: then the file may hold the batch or not, which the next open tells.
+    /// Delivering the events again is safe either way.
+    #[error("the batch holding the event failed to commit ({0}); deliver it again after reopening")]
     CommitFailed(String),
     /// The engine stopped before the event was committed.
     #[error("the engine stopped before the event was committed")]

@@ -111,16 +111,18 @@ pub use engine::{
     BatchReceipt, Engine, EngineBuilder, EngineOptions, Freshness, Receipt, WhenFull, DEFAULT_CACHE_BYTES,
     DEFAULT_QUEUE_EVENTS,
 };
-pub use error::{BuildError, DispatchError, DispatchWaitError, EngineError, NotCommitted};
+pub use error::{
+    BuildError, DispatchBatchError, DispatchError, DispatchWaitError, EngineError, NotCommitted,
+};
 pub use view::{MaterializedView, View, ViewSource};
 
 pub use driftless_domain::{
     codec, ApplyError, Clock, CodecError, Event, EventId, HandlerName, ManualClock, PayloadHash,
-    ProjectionContext, Projector, SystemClock, TableDef, TableId, TableMut, Timestamp, ViewError, ViewKey,
-    ViewValue, Views,
+    ProjectionContext, Projector, SystemClock, TableDef, TableId, TableMut, Timestamp, UpcastError,
+    Upcasters, ViewError, ViewKey, ViewValue, Views,
 };
 pub use driftless_storage::{
-    BatchReport, CommitError, DeadLetter, Delivery, Durability, EventBodies, EventOutcome, EventReport, Feed,
-    HandlerOutcome, HandlerOutcomes, KillSwitch, OpenError, ReadAnswer, ReadError, ReadRepository,
-    ReplayReport, Snapshot, Store,
+    BatchReport, CommitError, DeadLetter, Delivery, Durability, EventBodies, EventOutcome, EventReport,
+    EventSchema, Feed, HandlerOutcome, HandlerOutcomes, JournalEntry, KillSwitch, OpenError, ReadAnswer,
+    ReadError, ReadRepository, ReplayReport, Snapshot, Store, MAX_EVENT_BYTES,
 };
