@@ -39,7 +39,7 @@
 //! longest a child runs after its open, and `DRIFTLESS_KILL_SEED` the seed.
 
 use super::{
-    ensure_dead_letters, ensure_offsets, ensure_some_prefix, ensure_state, env_count, fold,
+    accepted_ids, ensure_dead_letters, ensure_offsets, ensure_some_prefix, ensure_state, env_count, fold,
     listing_projectors, TestResult, HANDLERS,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -402,8 +402,9 @@ impl Ledger {
             store.project(&registry, &prepared, Timestamp(GENERATED_START_MILLIS + 86_400_000))?;
             self.redelivered += chunk.len() as u64;
         }
-        let (model, _) = fold(prefix);
-        ensure_state(&store, &model, &what("after re-delivering the dispatched prefix"))?;
+        let (model, outcomes) = fold(prefix);
+        let accepted = accepted_ids(prefix, &outcomes);
+        ensure_state(&store, &model, accepted, &what("after re-delivering the dispatched prefix"))?;
         ensure_dead_letters(&store, prefix, &what("after re-delivery"))?;
         drop(store);
         std::fs::remove_file(copy)?;

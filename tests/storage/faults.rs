@@ -236,8 +236,14 @@ fn consistent(
             letter.event_id
         );
     }
+    // Every id ever accepted (journaled) has its offset row, applied by some handler or not.
+    let mut accepted = BTreeSet::new();
+    for entry in store.journal_range(1, usize::MAX)? {
+        accepted.insert(PreparedEvent::<Op>::from_body(&entry.body)?.id.to_string());
+    }
     let with_offsets: BTreeSet<&String> = applied.values().flatten().collect();
-    ensure_eq!(store.offset_count()?, with_offsets.len() as u64, "event ids with offsets");
+    ensure!(with_offsets.iter().all(|id| accepted.contains(*id)), "an applied event is not in the journal");
+    ensure_eq!(store.offset_count()?, accepted.len() as u64, "event ids recorded");
     Ok(applied)
 }
 

@@ -7,16 +7,16 @@
 
 use super::support::{
     fast_options, panic_reason, prepare, projectors, refusal, Faults, Op, Tables, TestError, TestResult,
-    COUNT, HANDLERS, LOG,
+    COUNT, COUNTS, HANDLERS, LOG, LOGS, SUMS,
 };
 use driftless_domain::Upcasters;
 use driftless_domain::{
     EventId, HandlerName, InMemoryOffsetStore, OffsetStore, PayloadHash, PreparedEvent, Timestamp,
 };
 use driftless_storage::StoreWriter;
-use driftless_storage::{EventOutcome, EventReport, HandlerOutcome, HandlerOutcomes, Registry, Store};
+use driftless_storage::{EventOutcome, EventReport, HandlerOutcome, HandlerOutcomes, KillSwitch, Registry, Store};
 use proptest::prelude::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// One generated event: which id, which payload variant, which handlers fail.
@@ -39,8 +39,13 @@ enum Step {
     Reopen,
     /// Retry every dead letter, with the projectors healed or not.
     Retry { heal: bool },
+    /// Engage a pausing kill switch on a handler's table: it defers events until resumed.
+    Pause(usize),
+    /// Release the switch of a handler and catch it up from the journal.
+    Resume(usize),
+    /// Rebuild a handler's table from the journal, with the projectors healed or not.
+    Rebuild { handler: usize, heal: bool },
 }
-
 fn spec() -> impl Strategy<Value = Spec> {
     let variant = prop_oneof![8 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)];
     let fail = prop_oneof![6 => Just(0u8), 3 => 1u8..8];
@@ -49,11 +54,14 @@ fn spec() -> impl Strategy<Value = Spec> {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        5 => proptest::collection::vec(spec(), 1..5).prop_map(Step::Deliver),
+        6 => proptest::collection::vec(spec(), 1..5).prop_map(Step::Deliver),
         3 => any::<usize>().prop_map(Step::Redeliver),
-        1 => any::<usize>().prop_map(Step::Conflict),
+        2 => any::<usize>().prop_map(Step::Conflict),
         1 => Just(Step::Reopen),
         2 => any::<bool>().prop_map(|heal| Step::Retry { heal }),
+        1 => (0..HANDLERS.len()).prop_map(Step::Pause),
+        1 => (0..HANDLERS.len()).prop_map(Step::Resume),
+        1 => ((0..HANDLERS.len()), any::<bool>()).prop_map(|(handler, heal)| Step::Rebuild { handler, heal }),
     ]
 }
 
@@ -94,20 +102,29 @@ struct ModelDead {
     position: u64,
 }
 
-#[derive(Debug, Default)]
-struct HandlerCounters {
+#[derive(Debug, Default, Clone)]
+struct HandlerState {
+    /// Events applied (reset by a rebuild).
     applied: u64,
+    /// The last journal position processed.
+    seen: u64,
+    /// Whether a pausing kill switch is engaged.
+    paused: bool,
 }
 
-/// The model: offsets in an [`InMemoryOffsetStore`], read models and dead letters in maps.
+/// The model: offsets in an [`InMemoryOffsetStore`], read models, dead letters, the journal
+/// and the first payload accepted under each event id in plain collections.
 #[derive(Debug, Default)]
 struct Model {
     offsets: InMemoryOffsetStore,
     tables: Tables,
     dead: BTreeMap<(String, String), ModelDead>,
-    head: u64,
-    ids: BTreeSet<String>,
-    counters: BTreeMap<String, HandlerCounters>,
+    /// The journal: the event at position `i + 1`.
+    journal: Vec<PreparedEvent<Op>>,
+    /// The first payload accepted under each id: applied or rejected, it is the one that
+    /// counts; any other is a conflict.
+    accepted: BTreeMap<String, PayloadHash>,
+    handlers: BTreeMap<String, HandlerState>,
 }
 
 fn handler(name: &str) -> Result<HandlerName, TestError> {
@@ -115,6 +132,14 @@ fn handler(name: &str) -> Result<HandlerName, TestError> {
 }
 
 impl Model {
+    fn head(&self) -> u64 {
+        self.journal.len() as u64
+    }
+
+    fn state(&mut self, h: &str) -> &mut HandlerState {
+        self.handlers.entry(h.to_string()).or_default()
+    }
+
     fn recorded(&self, id: &EventId) -> Result<Vec<Option<PayloadHash>>, TestError> {
         let mut out = Vec::new();
         for h in HANDLERS {
@@ -124,18 +149,20 @@ impl Model {
     }
 
     /// Applies `ev` as handler `h`, or dead-letters it. Returns the handler's outcome.
+    /// `applied_at` is the time recorded for a new offset.
     fn attempt(
         &mut self,
         h: &str,
         ev: &PreparedEvent<Op>,
         position: u64,
         now: Timestamp,
+        applied_at: Timestamp,
         healed: bool,
     ) -> Result<HandlerOutcome, TestError> {
         let id = ev.id.as_str();
         let key = (h.to_string(), id.to_string());
         if h == COUNT && ev.event.amount == 0 {
-            let outcome = self.offsets.record_if_absent(&ev.id, &handler(h)?, ev.hash, now)?;
+            let outcome = self.offsets.record_if_absent(&ev.id, &handler(h)?, ev.hash, applied_at)?;
             ensure_eq!(outcome, driftless_domain::OffsetOutcome::Applied, "the model applies only new pairs");
             self.dead.remove(&key);
             return Ok(HandlerOutcome::NotHandled);
@@ -158,43 +185,49 @@ impl Model {
             return Ok(HandlerOutcome::DeadLettered { reason });
         }
         self.tables.apply(h, id, &ev.event);
-        let outcome = self.offsets.record_if_absent(&ev.id, &handler(h)?, ev.hash, now)?;
+        let outcome = self.offsets.record_if_absent(&ev.id, &handler(h)?, ev.hash, applied_at)?;
         ensure_eq!(outcome, driftless_domain::OffsetOutcome::Applied, "the model applies only new pairs");
         self.dead.remove(&key);
-        self.counters.entry(h.to_string()).or_default().applied += 1;
+        self.state(h).applied += 1;
         Ok(HandlerOutcome::Applied)
     }
 
     /// A live delivery through every handler (`healed`: whether the projectors ignore
-    /// `fail_for`).
+    /// `fail_for`) in a batch that began at journal head `start_head`.
     fn deliver(
         &mut self,
         ev: &PreparedEvent<Op>,
         now: Timestamp,
         healed: bool,
+        start_head: u64,
     ) -> Result<EventReport, TestError> {
-        self.ids.insert(ev.id.to_string());
-        let recorded = self.recorded(&ev.id)?;
-        if let Some(&other) = recorded.iter().flatten().find(|h| **h != ev.hash) {
-            return Ok(EventReport {
-                event_id: ev.id.clone(),
-                position: None,
-                outcome: EventOutcome::Conflict { recorded: other },
-                handlers: HandlerOutcomes::default(),
-            });
+        if let Some(&first) = self.accepted.get(ev.id.as_str()) {
+            if first != ev.hash {
+                return Ok(EventReport {
+                    event_id: ev.id.clone(),
+                    position: None,
+                    outcome: EventOutcome::Conflict { recorded: first },
+                    handlers: HandlerOutcomes::default(),
+                });
+            }
         }
-        let position = if recorded.iter().any(Option::is_none) {
-            self.head += 1;
-            Some(self.head)
+        let new = self.accepted.insert(ev.id.to_string(), ev.hash).is_none();
+        let recorded = self.recorded(&ev.id)?;
+        let position = if new || recorded.iter().any(Option::is_none) {
+            self.journal.push(ev.clone());
+            Some(self.head())
         } else {
             None
         };
         let mut handlers = Vec::new();
         for (i, (h, rec)) in HANDLERS.iter().zip(&recorded).enumerate() {
+            let state = self.state(h).clone();
             let outcome = if rec.is_some() {
                 HandlerOutcome::Duplicate
+            } else if state.paused || state.seen < start_head {
+                HandlerOutcome::Deferred
             } else {
-                self.attempt(h, ev, position.unwrap_or(0), now, healed)?
+                self.attempt(h, ev, position.unwrap_or(0), now, now, healed)?
             };
             handlers.push((i, outcome));
         }
@@ -204,6 +237,18 @@ impl Model {
             outcome: summary(&handlers),
             handlers: handlers.into(),
         })
+    }
+
+    /// What a batch does to the handlers' progress at its end: every handler that was
+    /// neither paused nor behind has seen the whole journal.
+    fn end_batch(&mut self, start_head: u64) {
+        let head = self.head();
+        for h in HANDLERS {
+            let state = self.state(h);
+            if !state.paused && state.seen >= start_head {
+                state.seen = head;
+            }
+        }
     }
 
     /// A dead-letter retry: the stored event delivered again, through every handler (the
@@ -217,7 +262,64 @@ impl Model {
         healed: bool,
     ) -> Result<Option<EventReport>, TestError> {
         let Some(letter) = self.dead.get(&(h.to_string(), id.to_string())).cloned() else { return Ok(None) };
-        self.deliver(&letter.event, now, healed).map(Some)
+        let start_head = self.head();
+        let report = self.deliver(&letter.event, now, healed, start_head)?;
+        self.end_batch(start_head);
+        Ok(Some(report))
+    }
+
+    /// Replays journal entries `from..=head` for handler `h`; `kept` gives an offset the
+    /// handler had before a rebuild the time it was first applied at.
+    fn replay(
+        &mut self,
+        h: &str,
+        from: u64,
+        now: Timestamp,
+        healed: bool,
+        kept: &BTreeMap<String, Timestamp>,
+    ) -> Result<(), TestError> {
+        let head = self.head();
+        for position in from..=head {
+            let Some(ev) = usize::try_from(position).ok().and_then(|p| self.journal.get(p.wrapping_sub(1))).cloned()
+            else {
+                continue;
+            };
+            ensure_eq!(self.accepted.get(ev.id.as_str()), Some(&ev.hash), "the journal holds a conflicting entry");
+            if self.offsets.get(&ev.id, &handler(h)?)?.is_none() {
+                let applied_at = kept.get(ev.id.as_str()).copied().unwrap_or(now);
+                self.attempt(h, &ev, position, now, applied_at, healed)?;
+            }
+            self.state(h).seen = position;
+        }
+        Ok(())
+    }
+
+    /// Releases the handler's pause and catches it up.
+    fn resume(&mut self, h: &str, now: Timestamp) -> TestResult {
+        self.state(h).paused = false;
+        let from = self.state(h).seen + 1;
+        self.replay(h, from, now, false, &BTreeMap::new())
+    }
+
+    /// Rebuilds the handler from the whole journal.
+    fn rebuild(&mut self, h: &str, now: Timestamp, healed: bool) -> TestResult {
+        let name = handler(h)?;
+        let mut kept = BTreeMap::new();
+        for id in self.accepted.keys() {
+            let event_id = EventId::new(id.clone())?;
+            if let Some(offset) = self.offsets.get(&event_id, &name)? {
+                kept.insert(id.clone(), offset.applied_at);
+            }
+        }
+        for id in kept.keys() {
+            self.offsets.remove(&EventId::new(id.clone())?, &name);
+        }
+        self.dead.retain(|(owner, _), _| owner != h);
+        self.tables.clear(h);
+        let state = self.state(h);
+        state.applied = 0;
+        state.seen = 0;
+        self.replay(h, 1, now, healed, &kept)
     }
 }
 
@@ -233,6 +335,9 @@ fn summary(handlers: &[(usize, HandlerOutcome)]) -> EventOutcome {
         handlers.iter().find(|(_, o)| matches!(o, HandlerOutcome::DeadLettered { .. }))
     {
         return EventOutcome::Rejected { reason: reason.clone() };
+    }
+    if any(&HandlerOutcome::Deferred) {
+        return EventOutcome::Deferred;
     }
     if any(&HandlerOutcome::NotHandled) {
         return EventOutcome::Applied;
@@ -277,24 +382,34 @@ impl Harness {
     }
 }
 
+/// Every row of a read model, read raw (whatever its kill switch says).
+fn raw_table<V: serde::de::DeserializeOwned>(store: &Store, name: &str) -> Result<BTreeMap<String, V>, TestError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in store.raw_rows(name)? {
+        out.insert(String::from_utf8(k)?, driftless_domain::codec::decode(&v)?);
+    }
+    Ok(out)
+}
+
 /// Compares everything observable with the model.
 fn compare(store: &Store, model: &Model, step: usize) -> TestResult {
-    let tables = Tables::read(store)?;
+    let tables = Tables {
+        sums: raw_table(store, SUMS.name())?,
+        counts: raw_table(store, COUNTS.name())?,
+        logs: raw_table(store, LOGS.name())?,
+    };
     ensure_eq!(tables, model.tables, "read models after step {step}");
 
-    let mut with_offsets = 0u64;
-    for id in &model.ids {
+    for id in model.accepted.keys() {
         let event_id = EventId::new(id.clone())?;
-        let mut any = false;
         for h in HANDLERS {
             let got = store.offset(id, h)?;
             let want = model.offsets.get(&event_id, &handler(h)?)?;
             ensure_eq!(got, want, "offset of ({id}, {h}) after step {step}");
-            any |= got.is_some();
         }
-        with_offsets += u64::from(any);
     }
-    ensure_eq!(store.offset_count()?, with_offsets, "event ids with offsets after step {step}");
+    // One offset row per id ever accepted, applied or not.
+    ensure_eq!(store.offset_count()?, model.accepted.len() as u64, "event ids recorded after step {step}");
 
     let got: Vec<_> = store
         .dead_letters(None)?
@@ -325,17 +440,25 @@ fn compare(store: &Store, model: &Model, step: usize) -> TestResult {
         .collect();
     ensure_eq!(got, want, "dead letters after step {step}");
 
-    ensure_eq!(store.journal_head()?, model.head, "journal head after step {step}");
+    ensure_eq!(store.journal_head()?, model.head(), "journal head after step {step}");
+    let journal = store.journal_range(1, usize::MAX)?;
+    let got: Vec<(u64, PayloadHash)> = journal.iter().map(|e| (e.position, PayloadHash::of_bytes(&e.body))).collect();
+    let want: Vec<(u64, PayloadHash)> = model.journal.iter().zip(1..).map(|(e, p)| (p, e.hash)).collect();
+    ensure_eq!(got, want, "journal after step {step}");
     for h in HANDLERS {
         let rec = store.handler_record(h)?.ok_or("a handler record is missing")?;
+        let state = model.handlers.get(h).cloned().unwrap_or_default();
         let dead = model.dead.keys().filter(|(name, _)| name == h).count() as u64;
         ensure_eq!(rec.dead_letters, dead, "dead-letter count of {h} after step {step}");
-        let applied = model.counters.get(h).map_or(0, |c| c.applied);
-        ensure_eq!(rec.applied, applied, "applied count of {h} after step {step}");
-        ensure_eq!(rec.seen, model.head, "journal progress of {h} after step {step}");
+        ensure_eq!(rec.applied, state.applied, "applied count of {h} after step {step}");
+        ensure_eq!(rec.seen, state.seen, "journal progress of {h} after step {step}");
+        ensure_eq!(rec.paused, state.paused, "pause of {h} after step {step}");
     }
     Ok(())
 }
+
+/// The table of each handler, in [`HANDLERS`] order.
+const TABLES: [&str; 3] = ["sums", "counts", "logs"];
 
 fn run(steps: &[Step], coverage: &mut Coverage) -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -343,6 +466,7 @@ fn run(steps: &[Step], coverage: &mut Coverage) -> TestResult {
     let mut harness = Harness::open(&dir.path().join("model.redb"), &faults)?;
     let mut model = Model::default();
     let mut history: Vec<Op> = Vec::new();
+    let name_of = |i: usize| HANDLERS.get(i).copied().ok_or("no such handler");
     for (n, step) in steps.iter().enumerate() {
         let now = Timestamp(1_000_000 + n as u64);
         let batch: Vec<Op> = match step {
@@ -362,6 +486,34 @@ fn run(steps: &[Step], coverage: &mut Coverage) -> TestResult {
             Step::Reopen => {
                 harness.reopen()?;
                 coverage.reopened += 1;
+                Vec::new()
+            }
+            Step::Pause(i) => {
+                let (store, _) = harness.parts()?;
+                let table = TABLES.get(*i).ok_or("no such table")?;
+                store.set_kill_switch(table, Some(KillSwitch { engaged_at: now, pause_projection: true }))?;
+                model.state(name_of(*i)?).paused = true;
+                coverage.paused += 1;
+                Vec::new()
+            }
+            Step::Resume(i) => {
+                let (store, registry) = harness.parts()?;
+                let table = TABLES.get(*i).ok_or("no such table")?;
+                store.set_kill_switch(table, None)?;
+                let report = store.catch_up(registry, *i, &|| now)?;
+                ensure_eq!(report.conflicts, 0, "conflicts in the catch-up at step {n}");
+                coverage.caught_up += report.replayed;
+                model.resume(name_of(*i)?, now)?;
+                Vec::new()
+            }
+            Step::Rebuild { handler: i, heal } => {
+                let (store, registry) = harness.parts()?;
+                faults.set_healed(*heal);
+                let report = store.rebuild(registry, *i, now, &mut |_, _| {});
+                faults.set_healed(false);
+                ensure_eq!(report?.conflicts, 0, "conflicts in the rebuild at step {n}");
+                model.rebuild(name_of(*i)?, now, *heal)?;
+                coverage.rebuilt += 1;
                 Vec::new()
             }
             Step::Retry { heal } => {
@@ -405,11 +557,17 @@ fn run(steps: &[Step], coverage: &mut Coverage) -> TestResult {
             let report = store.project(registry, &prepared, now)?;
             ensure_eq!(report.committed_at, now, "commit time of step {n}");
             ensure_eq!(report.events.len(), prepared.len(), "reports of step {n}");
+            let start_head = model.head();
             for (ev, got) in prepared.iter().zip(&report.events) {
-                let want = model.deliver(ev, now, false)?;
+                let first = model.accepted.get(ev.id.as_str()).copied();
+                if first.is_some_and(|h| h != ev.hash) && model.recorded(&ev.id)?.iter().all(Option::is_none) {
+                    coverage.conflict_unapplied += 1;
+                }
+                let want = model.deliver(ev, now, false, start_head)?;
                 ensure_eq!(*got, want, "report of {} at step {n}", ev.id);
                 coverage.count(got, false);
             }
+            model.end_batch(start_head);
             history.extend(batch);
         }
         let (store, _) = harness.parts()?;
@@ -430,6 +588,12 @@ struct Coverage {
     retried_rejected: u64,
     reopened: u64,
     not_handled: u64,
+    deferred: u64,
+    paused: u64,
+    caught_up: u64,
+    rebuilt: u64,
+    /// A conflict with a payload no handler applied (all rejected or deferred it).
+    conflict_unapplied: u64,
 }
 
 impl Coverage {
@@ -447,6 +611,9 @@ impl Coverage {
         if failed && report.outcome == EventOutcome::Applied {
             self.partly_failed += 1;
         }
+        if report.handlers.iter().any(|(_, o)| *o == HandlerOutcome::Deferred) {
+            self.deferred += 1;
+        }
         if report.handlers.iter().any(|(_, o)| *o == HandlerOutcome::NotHandled) {
             self.not_handled += 1;
         }
@@ -463,6 +630,11 @@ impl Coverage {
             self.retried_rejected,
             self.reopened,
             self.not_handled,
+            self.deferred,
+            self.paused,
+            self.caught_up,
+            self.rebuilt,
+            self.conflict_unapplied,
         ]
         .iter()
         .all(|n| *n > 0)
@@ -504,6 +676,20 @@ fn a_fixed_sequence_covers_every_case() -> TestResult {
         Step::Redeliver(5),
         Step::Reopen,
         Step::Deliver(vec![s(1, 0, 0b001), s(3, 0, 0b100)]),
+        // A paused handler defers; another payload under a deferred id is a conflict.
+        Step::Pause(1),
+        Step::Deliver(vec![s(4, 0, 0), s(5, 0, 0b010)]),
+        Step::Deliver(vec![s(4, 1, 0)]),
+        Step::Retry { heal: true },
+        Step::Resume(1),
+        // A rejected-only id, then another payload under it: a conflict.
+        Step::Deliver(vec![s(6, 0, 0b111)]),
+        Step::Deliver(vec![s(6, 1, 0)]),
+        Step::Rebuild { handler: 0, heal: true },
+        Step::Rebuild { handler: 2, heal: false },
+        Step::Deliver(vec![s(6, 1, 0), s(6, 0, 0)]),
+        Step::Reopen,
+        Step::Rebuild { handler: 1, heal: false },
     ];
     let mut coverage = Coverage::default();
     run(&steps, &mut coverage)?;

@@ -291,6 +291,16 @@ impl Tables {
         })
     }
 
+    /// Empties the table of `handler` (as a rebuild starts).
+    pub fn clear(&mut self, handler: &str) {
+        match handler {
+            SUM => self.sums.clear(),
+            COUNT => self.counts.clear(),
+            LOG => self.logs.clear(),
+            _ => {}
+        }
+    }
+
     /// Applies `op` (with id `id`) as `handler` would (`count` skips what it does not handle).
     pub fn apply(&mut self, handler: &str, id: &str, op: &Op) {
         match handler {

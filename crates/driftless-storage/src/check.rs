@@ -1,10 +1,9 @@
 //! Checking, when an engine opens, that every stored event can be read as a current one.
 
 use crate::error::CommitError;
-use crate::registry::Registry;
 use crate::schema::{DeadLetter, JournalRecord, DEAD_LETTERS, JOURNAL, META, META_HEAD};
 use crate::store::Store;
-use driftless_domain::{codec, Event, UpcastError};
+use driftless_domain::{codec, Event, UpcastError, Upcasters};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -32,7 +31,7 @@ pub struct StoredEventsCheck {
 impl Store {
     pub(crate) fn check_stored_events<E: Event>(
         &self,
-        reg: &Registry<E>,
+        upcasters: &Upcasters<E>,
     ) -> Result<StoredEventsCheck, CommitError> {
         let current = E::SCHEMA_VERSION;
         let type_name = std::any::type_name::<E>();
@@ -51,9 +50,9 @@ impl Store {
                     let source = UpcastError::Newer { version: schema.version, current, type_name };
                     return Err(CommitError::Unreadable { what: what(), source });
                 }
-                if !reg.upcasters.reads(schema.version) {
+                if !upcasters.reads(schema.version) {
                     let missing = (schema.version..current)
-                        .find(|v| !reg.upcasters.versions().any(|have| have == *v))
+                        .find(|v| !upcasters.versions().any(|have| have == *v))
                         .unwrap_or(schema.version);
                     let source = UpcastError::Missing { version: missing, current, type_name };
                     return Err(CommitError::Unreadable { what: what(), source });
@@ -62,7 +61,7 @@ impl Store {
             }
             old
         };
-        let signature = reg.upcasters.signature();
+        let signature = upcasters.signature();
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let head: u64 = match meta.get(META_HEAD)? {
@@ -84,8 +83,9 @@ impl Store {
                 let position = k.value();
                 let record: JournalRecord<'_> = codec::decode(v.value())?;
                 let Some((name, version)) = old.get(&record.schema) else { continue };
-                reg.prepare(*version, record.body, || {
-                    format!("the journal entry at position {position} ({name}, schema version {version})")
+                upcasters.decode(*version, record.body).map_err(|source| CommitError::Unreadable {
+                    what: format!("the journal entry at position {position} ({name}, schema version {version})"),
+                    source,
                 })?;
                 report.journal_entries_upcast += 1;
             }
@@ -97,11 +97,12 @@ impl Store {
             if letter.schema_version == current {
                 continue;
             }
-            reg.prepare(letter.schema_version, &letter.body, || {
-                format!(
+            upcasters.decode(letter.schema_version, &letter.body).map_err(|source| CommitError::Unreadable {
+                what: format!(
                     "the dead letter of {} for event {} ({}, schema version {})",
                     letter.handler, letter.event_id, letter.event_name, letter.schema_version
-                )
+                ),
+                source,
             })?;
             report.dead_letters_upcast += 1;
         }

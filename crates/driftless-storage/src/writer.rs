@@ -241,7 +241,7 @@ impl StoreWriter {
     }
 
     /// Checks that every stored event — each journal entry and dead letter — can be read as
-    /// a current event with the registry's upcasters: no schema version newer than the
+    /// a current event with `upcasters`: no schema version newer than the
     /// event type's, every older one with a chain of upcasters, and every event stored at an
     /// older version decoding and upcasting without error. Events at the current version
     /// were checked to read back when they were accepted and are not decoded again. What was
@@ -251,8 +251,8 @@ impl StoreWriter {
     /// # Errors
     /// [`CommitError::Unreadable`] naming the first event that cannot be read (its position,
     /// name and schema version) and what to register; nothing is written then.
-    pub fn check_stored_events<E: Event>(&self, reg: &Registry<E>) -> Result<StoredEventsCheck, CommitError> {
-        self.store.check_stored_events(reg)
+    pub fn check_stored_events<E: Event>(&self, upcasters: &Upcasters<E>) -> Result<StoredEventsCheck, CommitError> {
+        self.store.check_stored_events(upcasters)
     }
 
     /// Writes a row of a read model behind its projector's back, with a valid envelope: a

@@ -321,20 +321,21 @@ impl<E: Event> EngineBuilder<E> {
         let o = &self.options;
         let views: Vec<(driftless_domain::TableId, String)> =
             self.views.iter().map(|v| (v.table(), v.table().name.to_string())).collect();
-        let registry = writer.register(self.projectors, &views, self.upcasters)?;
-        if !o.journal {
-            if let Some(h) = registry.needs_rebuild.first() {
-                return Err(BuildError::CannotRebuild { handler: h.to_string() });
-            }
-        }
-        // Every stored event must read as a current one before anything replays it.
-        let checked = writer.check_stored_events(&registry).map_err(BuildError::from_check)?;
+        // Every stored event must read as a current one before anything is registered or
+        // replays it: a refused open writes nothing.
+        let checked = writer.check_stored_events(&self.upcasters).map_err(BuildError::from_check)?;
         if checked.journal_entries_upcast + checked.dead_letters_upcast > 0 {
             tracing::info!(
                 journal_entries = checked.journal_entries_upcast,
                 dead_letters = checked.dead_letters_upcast,
                 "stored events of older schema versions read through the upcasters"
             );
+        }
+        let registry = writer.register(self.projectors, &views, self.upcasters)?;
+        if !o.journal {
+            if let Some(h) = registry.needs_rebuild.first() {
+                return Err(BuildError::CannotRebuild { handler: h.to_string() });
+            }
         }
         let store = Arc::clone(writer.store());
         let shared = Arc::new(Shared {
