@@ -1,9 +1,9 @@
 //! # driftless-domain
 //!
 //! The pure core of driftless: identifiers, the [`Event`] and [`Projector`] contracts, the
-//! [`codec`] every stored value goes through, the offset-store port, and the reconciliation
-//! policy (sampling, drift, cadences, promotion). It does no I/O, starts no threads and
-//! knows nothing of redb.
+//! [`codec`] every stored value goes through, the [`shape`] of a stored type, the
+//! offset-store port, and the reconciliation policy (sampling, drift, cadences, promotion).
+//! It does no I/O, starts no threads and knows nothing of redb.
 //!
 //! ```
 //! use driftless_domain::{Event, EventId, Timestamp};
@@ -31,6 +31,7 @@ pub mod ids;
 pub mod offsets;
 pub mod projector;
 pub mod reconcile;
+pub mod shape;
 pub mod table;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -41,6 +42,7 @@ pub use offsets::{InMemoryOffsetStore, OffsetOutcome, OffsetRecord, OffsetStore}
 pub use projector::{
     ApplyError, CommittedRows, ProjectionContext, Projector, TableMut, TableSlot, ViewError, Views, WriteSet,
 };
+pub use shape::{shape_of, Shape, ShapeError};
 pub use table::{KeyDecodeError, TableDef, TableId, ViewKey, ViewValue};
 
 /// The text of a panic payload (`panic!` with a message carries a `&str` or a `String`),
