@@ -13,8 +13,9 @@
 use super::TestResult;
 use driftless::reconcile::{ReconcileMode, RefoldReconciler};
 use driftless::{
-    ApplyError, BuildError, Durability, Engine, EngineBuilder, EngineOptions, Event, EventOutcome, HandlerName,
-    ProjectionContext, Projector, ReadAnswer, TableDef, TableId, Timestamp, UpcastError, Upcasters, Views,
+    ApplyError, BuildError, Durability, Engine, EngineBuilder, EngineOptions, Event, EventOutcome,
+    HandlerName, ProjectionContext, Projector, ReadAnswer, TableDef, TableId, Timestamp, UpcastError,
+    Upcasters, Views,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -117,7 +118,9 @@ impl Event for V3 {
 impl V4 {
     fn signed(&self) -> (&str, i64) {
         match self {
-            V4::Deposited { account_id, amount, .. } => (account_id, i64::try_from(*amount).unwrap_or(i64::MAX)),
+            V4::Deposited { account_id, amount, .. } => {
+                (account_id, i64::try_from(*amount).unwrap_or(i64::MAX))
+            }
             V4::Withdrawn { account_id, amount, .. } => {
                 (account_id, -i64::try_from(*amount).unwrap_or(i64::MAX))
             }
@@ -222,7 +225,9 @@ fn upcasters_to_v4() -> Upcasters<V4> {
 fn balances<E: Event>(engine: &Engine<E>) -> TestResult<BTreeMap<String, i64>> {
     match engine.read(&BALANCES)? {
         ReadAnswer::Ready(repo) => Ok(repo.iter()?.collect::<Result<BTreeMap<_, _>, _>>()?),
-        ReadAnswer::UseSourceOfTruth { read_model, .. } => Err(format!("{read_model} is switched off").into()),
+        ReadAnswer::UseSourceOfTruth { read_model, .. } => {
+            Err(format!("{read_model} is switched off").into())
+        }
     }
 }
 
@@ -251,13 +256,17 @@ fn an_added_field_keeps_redelivery_rebuild_catch_up_retry_and_reconciliation_wor
     let refused = builder::<V2>(&path)?.open().err().ok_or("release 2 opened without an upcaster")?;
     let text = refused.to_string();
     ensure!(
-        matches!(&refused, BuildError::UnreadableEvents { source: UpcastError::Missing { version: 1, .. }, .. }),
+        matches!(
+            &refused,
+            BuildError::UnreadableEvents { source: UpcastError::Missing { version: 1, .. }, .. }
+        ),
         "{refused:?}"
     );
     ensure!(text.contains("Moved") && text.contains("schema version 1"), "{text}");
     ensure!(text.contains("register one from version 1"), "{text}");
 
-    let engine = builder::<V2>(&path)?.upcasters(upcasters_to_v2()).projector(Balances::named("audit")?).open()?;
+    let engine =
+        builder::<V2>(&path)?.upcasters(upcasters_to_v2()).projector(Balances::named("audit")?).open()?;
     // The new handler caught up from the version-1 journal.
     engine.flush()?;
     ensure_eq!(balances(&engine)?, BTreeMap::from([("a".to_string(), 42)]), "balances after the upgrade");
@@ -339,7 +348,11 @@ fn a_chain_of_upcasters_composes_across_three_releases() -> TestResult {
         v3_to_v4(v2_to_v3(V2 { account: "c".into(), at: 4, amount: 7, memo: Some("tip".into()) })),
         V4::Withdrawn { at: 5, account_id: "a".into(), memo: None, amount: 2 },
     ] {
-        ensure_eq!(engine.dispatch_and_wait(e)?.outcome, EventOutcome::Duplicate, "a re-delivery at version 4");
+        ensure_eq!(
+            engine.dispatch_and_wait(e)?.outcome,
+            EventOutcome::Duplicate,
+            "a re-delivery at version 4"
+        );
     }
     let want = BTreeMap::from([("a".to_string(), 40), ("c".to_string(), 7)]);
     ensure_eq!(balances(&engine)?, want, "balances at version 4");
@@ -362,7 +375,10 @@ fn a_journal_newer_than_the_application_is_refused() -> TestResult {
     // Release 1 again (a downgrade): the version-2 entry cannot be read.
     let refused = builder::<V1>(&path)?.open().err().ok_or("a downgrade opened")?;
     ensure!(
-        matches!(&refused, BuildError::UnreadableEvents { source: UpcastError::Newer { version: 2, current: 1, .. }, .. }),
+        matches!(
+            &refused,
+            BuildError::UnreadableEvents { source: UpcastError::Newer { version: 2, current: 1, .. }, .. }
+        ),
         "{refused:?}"
     );
     ensure!(refused.to_string().contains("newer than the version 1"), "{refused}");
@@ -400,10 +416,16 @@ fn an_upcaster_reading_the_wrong_type_is_refused_at_open_and_nothing_is_written(
         .err()
         .ok_or("opened with an upcaster that cannot decode the journal")?;
     ensure!(
-        matches!(&refused, BuildError::UnreadableEvents { source: UpcastError::Decode { version: 1, .. }, .. }),
+        matches!(
+            &refused,
+            BuildError::UnreadableEvents { source: UpcastError::Decode { version: 1, .. }, .. }
+        ),
         "{refused:?}"
     );
-    ensure!(refused.to_string().contains("journal entry at position 1 (Moved, schema version 1)"), "{refused}");
+    ensure!(
+        refused.to_string().contains("journal entry at position 1 (Moved, schema version 1)"),
+        "{refused}"
+    );
     ensure!(dump(&path)? == before, "the refused open changed what the file holds");
     // And the right upcaster still opens it.
     builder::<V2>(&path)?.upcasters(upcasters_to_v2()).open()?.shutdown()?;
@@ -467,7 +489,10 @@ fn swapped_fields_of_one_type_are_never_decoded_silently_wrong() -> TestResult {
         engine.shutdown()?;
     }
     // The swap is a new version: without the upcaster, refused; with it, read right.
-    ensure!(builder::<Swapped>(&path)?.open().is_err(), "a swapped type read the old journal without an upcaster");
+    ensure!(
+        builder::<Swapped>(&path)?.open().is_err(),
+        "a swapped type read the old journal without an upcaster"
+    );
     let engine = builder::<Swapped>(&path)?
         .upcast(1, |o: Old| Swapped { account: o.account, at: o.at, debit: o.debit, credit: o.credit })
         .open()?;
@@ -575,7 +600,10 @@ mod shapes {
 
     fn refused_at_open<E: Event>(what: &str) -> TestResult {
         let dir = tempfile::tempdir()?;
-        match Engine::<E>::builder(dir.path().join("x.redb")).projector(Nothing(HandlerName::new("nothing")?)).open() {
+        match Engine::<E>::builder(dir.path().join("x.redb"))
+            .projector(Nothing(HandlerName::new("nothing")?))
+            .open()
+        {
             Err(e @ BuildError::UnreadableEventType { .. }) => {
                 ensure!(e.to_string().contains("self-describing"), "{what}: {e}");
                 Ok(())
@@ -665,7 +693,8 @@ fn run_release(path: &Path, version: u32, events: &[V3]) -> TestResult<Vec<Event
         engine.shutdown()?;
         Ok(out)
     }
-    let down2 = |e: &V3| V2 { account: e.account_id.clone(), at: e.at, amount: e.amount, memo: e.memo.clone() };
+    let down2 =
+        |e: &V3| V2 { account: e.account_id.clone(), at: e.at, amount: e.amount, memo: e.memo.clone() };
     match version {
         1 => go(
             builder::<V1>(path)?,
@@ -673,7 +702,10 @@ fn run_release(path: &Path, version: u32, events: &[V3]) -> TestResult<Vec<Event
         ),
         2 => go(builder::<V2>(path)?.upcasters(upcasters_to_v2()), events.iter().map(down2).collect()),
         3 => go(builder::<V3>(path)?.upcasters(upcasters_to_v3()), events.to_vec()),
-        _ => go(builder::<V4>(path)?.upcasters(upcasters_to_v4()), events.iter().cloned().map(v3_to_v4).collect()),
+        _ => go(
+            builder::<V4>(path)?.upcasters(upcasters_to_v4()),
+            events.iter().cloned().map(v3_to_v4).collect(),
+        ),
     }
 }
 

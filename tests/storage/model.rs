@@ -14,7 +14,9 @@ use driftless_domain::{
     EventId, HandlerName, InMemoryOffsetStore, OffsetStore, PayloadHash, PreparedEvent, Timestamp,
 };
 use driftless_storage::StoreWriter;
-use driftless_storage::{EventOutcome, EventReport, HandlerOutcome, HandlerOutcomes, KillSwitch, Registry, Store};
+use driftless_storage::{
+    EventOutcome, EventReport, HandlerOutcome, HandlerOutcomes, KillSwitch, Registry, Store,
+};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -280,11 +282,16 @@ impl Model {
     ) -> Result<(), TestError> {
         let head = self.head();
         for position in from..=head {
-            let Some(ev) = usize::try_from(position).ok().and_then(|p| self.journal.get(p.wrapping_sub(1))).cloned()
+            let Some(ev) =
+                usize::try_from(position).ok().and_then(|p| self.journal.get(p.wrapping_sub(1))).cloned()
             else {
                 continue;
             };
-            ensure_eq!(self.accepted.get(ev.id.as_str()), Some(&ev.hash), "the journal holds a conflicting entry");
+            ensure_eq!(
+                self.accepted.get(ev.id.as_str()),
+                Some(&ev.hash),
+                "the journal holds a conflicting entry"
+            );
             if self.offsets.get(&ev.id, &handler(h)?)?.is_none() {
                 let applied_at = kept.get(ev.id.as_str()).copied().unwrap_or(now);
                 self.attempt(h, &ev, position, now, applied_at, healed)?;
@@ -383,7 +390,10 @@ impl Harness {
 }
 
 /// Every row of a read model, read raw (whatever its kill switch says).
-fn raw_table<V: serde::de::DeserializeOwned>(store: &Store, name: &str) -> Result<BTreeMap<String, V>, TestError> {
+fn raw_table<V: serde::de::DeserializeOwned>(
+    store: &Store,
+    name: &str,
+) -> Result<BTreeMap<String, V>, TestError> {
     let mut out = BTreeMap::new();
     for (k, v) in store.raw_rows(name)? {
         out.insert(String::from_utf8(k)?, driftless_domain::codec::decode(&v)?);
@@ -442,7 +452,8 @@ fn compare(store: &Store, model: &Model, step: usize) -> TestResult {
 
     ensure_eq!(store.journal_head()?, model.head(), "journal head after step {step}");
     let journal = store.journal_range(1, usize::MAX)?;
-    let got: Vec<(u64, PayloadHash)> = journal.iter().map(|e| (e.position, PayloadHash::of_bytes(&e.body))).collect();
+    let got: Vec<(u64, PayloadHash)> =
+        journal.iter().map(|e| (e.position, PayloadHash::of_bytes(&e.body))).collect();
     let want: Vec<(u64, PayloadHash)> = model.journal.iter().zip(1..).map(|(e, p)| (p, e.hash)).collect();
     ensure_eq!(got, want, "journal after step {step}");
     for h in HANDLERS {
@@ -560,7 +571,8 @@ fn run(steps: &[Step], coverage: &mut Coverage) -> TestResult {
             let start_head = model.head();
             for (ev, got) in prepared.iter().zip(&report.events) {
                 let first = model.accepted.get(ev.id.as_str()).copied();
-                if first.is_some_and(|h| h != ev.hash) && model.recorded(&ev.id)?.iter().all(Option::is_none) {
+                if first.is_some_and(|h| h != ev.hash) && model.recorded(&ev.id)?.iter().all(Option::is_none)
+                {
                     coverage.conflict_unapplied += 1;
                 }
                 let want = model.deliver(ev, now, false, start_head)?;

@@ -1,9 +1,9 @@
 //! # driftless-domain
 //!
 //! The pure core of driftless: identifiers, the [`Event`] and [`Projector`] contracts, the
-//! [`codec`] every stored value goes through, the offset-store port, and the reconciliation
-//! policy (sampling, drift, cadences, promotion). It does no I/O, starts no threads and
-//! knows nothing of redb.
+//! [`codec`] every stored value goes through, the [`shape`] of a stored type, the
+//! offset-store port, and the reconciliation policy (sampling, drift, cadences, promotion).
+//! It does no I/O, starts no threads and knows nothing of redb.
 //!
 //! ```
 //! use driftless_domain::{Event, EventId, Timestamp};
@@ -43,6 +43,7 @@ pub use offsets::{InMemoryOffsetStore, OffsetOutcome, OffsetRecord, OffsetStore}
 pub use projector::{
     ApplyError, CommittedRows, ProjectionContext, Projector, TableMut, TableSlot, ViewError, Views, WriteSet,
 };
+pub use shape::{shape_of, Shape, ShapeError};
 pub use table::{Fingerprint, FingerprintScheme, KeyDecodeError, TableDef, TableId, ViewKey, ViewValue};
 pub use upcast::{UpcastError, Upcasters};
 

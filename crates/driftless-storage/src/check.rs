@@ -84,7 +84,9 @@ impl Store {
                 let record: JournalRecord<'_> = codec::decode(v.value())?;
                 let Some((name, version)) = old.get(&record.schema) else { continue };
                 upcasters.decode(*version, record.body).map_err(|source| CommitError::Unreadable {
-                    what: format!("the journal entry at position {position} ({name}, schema version {version})"),
+                    what: format!(
+                        "the journal entry at position {position} ({name}, schema version {version})"
+                    ),
                     source,
                 })?;
                 report.journal_entries_upcast += 1;
@@ -97,12 +99,14 @@ impl Store {
             if letter.schema_version == current {
                 continue;
             }
-            upcasters.decode(letter.schema_version, &letter.body).map_err(|source| CommitError::Unreadable {
-                what: format!(
-                    "the dead letter of {} for event {} ({}, schema version {})",
-                    letter.handler, letter.event_id, letter.event_name, letter.schema_version
-                ),
-                source,
+            upcasters.decode(letter.schema_version, &letter.body).map_err(|source| {
+                CommitError::Unreadable {
+                    what: format!(
+                        "the dead letter of {} for event {} ({}, schema version {})",
+                        letter.handler, letter.event_id, letter.event_name, letter.schema_version
+                    ),
+                    source,
+                }
             })?;
             report.dead_letters_upcast += 1;
         }

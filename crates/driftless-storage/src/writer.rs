@@ -251,7 +251,10 @@ impl StoreWriter {
     /// # Errors
     /// [`CommitError::Unreadable`] naming the first event that cannot be read (its position,
     /// name and schema version) and what to register; nothing is written then.
-    pub fn check_stored_events<E: Event>(&self, upcasters: &Upcasters<E>) -> Result<StoredEventsCheck, CommitError> {
+    pub fn check_stored_events<E: Event>(
+        &self,
+        upcasters: &Upcasters<E>,
+    ) -> Result<StoredEventsCheck, CommitError> {
         self.store.check_stored_events(upcasters)
     }
 

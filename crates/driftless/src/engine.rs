@@ -309,8 +309,8 @@ impl<E: Event> EngineBuilder<E> {
         self.upcasters.check().map_err(BuildError::Upcasters)?;
         // A type that reads itself through `deserialize_any` cannot be read back from
         // bincode at all: refused before any event of it is accepted.
-        if let Err(driftless_domain::shape::ShapeError::SelfDescribing { path }) =
-            driftless_domain::shape::shape_of::<E>()
+        if let Ok(Err(driftless_domain::ShapeError::SelfDescribing { path })) =
+            std::panic::catch_unwind(driftless_domain::shape_of::<E>)
         {
             return Err(BuildError::UnreadableEventType { type_name: std::any::type_name::<E>(), path });
         }
