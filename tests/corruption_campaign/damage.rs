@@ -7,7 +7,7 @@
 //! description instead of ending the test. A case passes when nothing panicked and either
 //! some step complained, or everything read equals the undamaged original.
 
-use super::fixture::{listing_projectors, probe_options, Fixture, OpenCheck, Snapshot, TestError};
+use super::fixture::{listing_projectors, probe_options, redeliver, Fixture, OpenCheck, Snapshot, TestError};
 use driftless_domain::Upcasters;
 use driftless_domain::{PreparedEvent, Timestamp};
 use driftless_listings::{ListingEvent, ListingEventKind};
@@ -257,7 +257,7 @@ pub fn run_case(
         Err(p) => return Err(panicked("Store::open", &*p, &seen)),
         Ok(Err(e)) => {
             let kind = open_error_kind(&e).map_err(|m| format!("{}: {m}", case.description))?;
-            let write_committed = write_probe(case, &bytes, scratch, check)?;
+            let write_committed = write_probe(case, fixture, &bytes, scratch, check)?;
             return Ok(Verdict {
                 outcome: Outcome::RefusedAtOpen,
                 reads_differed: false,
@@ -318,18 +318,35 @@ pub fn run_case(
         }
         _ => detail,
     };
-    let write_committed = write_probe(case, &bytes, scratch, check)?;
+    let write_committed = write_probe(case, fixture, &bytes, scratch, check)?;
     Ok(Verdict { outcome, reads_differed, contained_panics: contained, write_committed, detail })
 }
 
-/// Opens a fresh copy of the damaged image and writes to it: registers the projectors and
-/// projects a new event and a re-delivery. Errors are fine; a panic is a failure. Returns
-/// whether the write committed.
-fn write_probe(case: &Case, bytes: &[u8], scratch: &Scratch, check: OpenCheck) -> Result<bool, String> {
+/// Opens a fresh copy of the damaged image and writes to it: registers the projectors,
+/// delivers every fixture event again, then projects a new event and a re-delivery of it.
+/// Errors are fine; a panic is a failure, and so is an event the re-delivery applies where
+/// the undamaged copy applied it no more (a second application: a damaged offset index
+/// taken for a missing offset). Returns whether the writes committed.
+fn write_probe(
+    case: &Case,
+    fixture: &Fixture,
+    bytes: &[u8],
+    scratch: &Scratch,
+    check: OpenCheck,
+) -> Result<bool, String> {
     let path = scratch.write(bytes)?;
-    let (result, seen) = quietly(|| -> Result<(), TestError> {
+    let (result, seen) = quietly(|| -> Result<Result<(), String>, TestError> {
         let store = StoreWriter::open(path, probe_options(check))?;
         let registry = store.register(listing_projectors(), &[], Upcasters::new())?;
+        let reapplied = redeliver(&store, &registry, &fixture.events)?;
+        for ((e, now), clean) in fixture.events.iter().zip(&reapplied).zip(&fixture.reapplied) {
+            if *now && !*clean {
+                return Ok(Err(format!(
+                    "{}: SECOND APPLICATION: event {} was applied again by the re-delivery",
+                    case.description, e.event_id
+                )));
+            }
+        }
         let fresh = ListingEvent::new(
             "probe-listing",
             1_900_000_000_000,
@@ -338,10 +355,11 @@ fn write_probe(case: &Case, bytes: &[u8], scratch: &Scratch, check: OpenCheck) -
         let events = [PreparedEvent::new(fresh.clone())?, PreparedEvent::new(fresh)?];
         store.project(&registry, &events, Timestamp(1_900_000_000_001))?;
         store.journal_range(1, 8)?;
-        Ok(())
+        Ok(Ok(()))
     });
     match result {
-        Ok(r) => Ok(r.is_ok()),
+        Ok(Ok(Err(second))) => Err(second),
+        Ok(r) => Ok(matches!(r, Ok(Ok(())))),
         Err(p) => {
             let text = p
                 .downcast_ref::<&str>()

@@ -211,6 +211,12 @@ pub struct Fixture {
     pub ids: Vec<String>,
     /// The reference model fed every event.
     pub model: ListingModel,
+    /// Every event of the fixture, in order.
+    pub events: Vec<ListingEvent>,
+    /// Whether each event, delivered again to the undamaged database in one batch, is
+    /// applied by some handler: a damaged copy may apply none of them instead (it fails),
+    /// but never one that the undamaged copy applies no more (a second application).
+    pub reapplied: Vec<bool>,
 }
 
 impl Fixture {
@@ -271,5 +277,33 @@ pub fn build_at(path: &Path, events: &[ListingEvent], batch: usize) -> Result<Fi
         }
     }
     let bytes = std::fs::read(path)?;
-    Ok(Fixture { bytes, history, ids, model })
+    let reapplied = {
+        let dir = tempfile::tempdir()?;
+        let copy = dir.path().join("redelivered.redb");
+        std::fs::write(&copy, &bytes)?;
+        let store =
+            StoreWriter::open(&copy, StoreOptions { cache_bytes: Some(4 << 20), ..StoreOptions::default() })?;
+        let registry = store.register(listing_projectors(), &[], Upcasters::new())?;
+        redeliver(&store, &registry, events)?
+    };
+    Ok(Fixture { bytes, history, ids, model, events: events.to_vec(), reapplied })
+}
+
+/// Delivers `events` again in one batch; for each, whether some handler applied it.
+///
+/// # Errors
+/// When the batch does not commit.
+pub fn redeliver(
+    store: &StoreWriter,
+    registry: &driftless_storage::Registry<ListingEvent>,
+    events: &[ListingEvent],
+) -> Result<Vec<bool>, TestError> {
+    let prepared: Vec<PreparedEvent<ListingEvent>> =
+        events.iter().cloned().map(PreparedEvent::new).collect::<Result<_, _>>()?;
+    let report = store.project(registry, &prepared, Timestamp(1_850_000_000_000))?;
+    Ok(report
+        .events
+        .iter()
+        .map(|r| r.handlers.iter().any(|(_, o)| *o == driftless_storage::HandlerOutcome::Applied))
+        .collect())
 }

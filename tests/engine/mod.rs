@@ -21,6 +21,7 @@ pub(crate) use crate::TestResult;
 mod catch_up;
 mod concurrency;
 mod dead_letters;
+mod edges;
 mod evolution;
 mod failures;
 mod kill_switch;

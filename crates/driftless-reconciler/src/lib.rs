@@ -18,13 +18,14 @@
 //! ```
 //! use driftless_domain::{ManualClock, PromotionState, ReconcileMode, ReconcileResult, Timestamp};
 //! use driftless_reconciler::{FnReconciler, ReconcileHarness};
-//! use driftless_storage::{Durability, Store, StoreOptions};
+//! use driftless_storage::{Durability, StoreOptions, StoreWriter};
 //! use std::sync::Arc;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let options = StoreOptions { durability: Durability::Eventual, ..StoreOptions::default() };
-//! let store = Arc::new(Store::open(dir.path().join("db.redb"), options)?);
+//! let writer = StoreWriter::open(dir.path().join("db.redb"), options)?;
+//! let store = Arc::clone(writer.store());
 //!
 //! // A read model of 1 000 keys of which key-7 drifted.
 //! let cards = FnReconciler::new(

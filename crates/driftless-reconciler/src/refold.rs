@@ -34,7 +34,7 @@ type FoldFn<E, V> = dyn Fn(&[E]) -> Option<V> + Send + Sync;
 /// ```no_run
 /// # use driftless_domain::{Event, TableDef, Timestamp};
 /// # use driftless_reconciler::RefoldReconciler;
-/// # use driftless_storage::{Store, StoreOptions};
+/// # use driftless_storage::{StoreOptions, StoreWriter};
 /// # use std::sync::Arc;
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct Priced { listing: String, at: u64, price: u64 }
@@ -45,8 +45,8 @@ type FoldFn<E, V> = dyn Fn(&[E]) -> Option<V> + Send + Sync;
 /// # }
 /// const PRICES: TableDef<String, u64> = TableDef::new("prices", 1);
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let store = Arc::new(Store::open("prices.redb", StoreOptions::default())?);
-/// let reconciler = RefoldReconciler::new(store, PRICES, |events: &[Priced]| events.last().map(|e| e.price));
+/// let writer = StoreWriter::open("prices.redb", StoreOptions::default())?;
+/// let reconciler = RefoldReconciler::new(Arc::clone(writer.store()), PRICES, |events: &[Priced]| events.last().map(|e| e.price));
 /// # Ok(()) }
 /// ```
 pub struct RefoldReconciler<E, V> {

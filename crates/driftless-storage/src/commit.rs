@@ -8,7 +8,7 @@ use crate::schema::{
     canonical_time, index_key, index_key_into, physical, shadow, DeadLetter, EventSchema, HandlerRecord,
     IndexRow, IndexRowHead, JournalHead, JournalRecord, ReadModelRecord, DEAD_LETTERS, EVENT_IDS,
     EVENT_INDEX, HANDLERS, JOURNAL, JOURNAL_BY_AGGREGATE, META, META_AGGREGATES_INDEXED, META_HEAD,
-    READ_MODELS,
+    META_INDEX_PROBE, READ_MODELS,
 };
 use crate::schemas::schema_key;
 use crate::store::Store;
@@ -310,6 +310,9 @@ struct Batch<'t, 'r, E> {
     rebuilding: Option<u32>,
     /// Event schemas first used by this batch, written with it (see [`crate::schemas`]).
     new_schemas: Vec<(u32, EventSchema)>,
+    /// The key of an index row this batch wrote, recorded as the index's probe (see
+    /// `META_INDEX_PROBE`).
+    probe: Option<Vec<u8>>,
     ws: WriteSet,
     scratch: Vec<u8>,
     /// The index key of the event being looked up.
@@ -489,6 +492,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             dead_filter: store.dead_filter.lock().take().map(Some),
             rebuilding: None,
             new_schemas: Vec::new(),
+            probe: None,
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
             key: Vec::with_capacity(64),
@@ -525,15 +529,26 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     }
 
     /// See [`Batch::lookup`]: the rows just before and just after `key` must pass their
-    /// keyed checksums.
+    /// keyed checksums and sort before and after it. A damaged separator in a branch page
+    /// sends a lookup to the wrong leaf; the neighbours found from there are then out of
+    /// order around the key (the tree's walk to the next leaf returns the key itself, or one
+    /// on the wrong side of it).
     fn check_index_neighbours(&self, key: &[u8], ev: &PreparedEvent<E>) -> Result<(), CommitError> {
         let fail = |e| self.store.fail(e);
         let before = self.index.range::<&[u8]>(..key).map_err(fail)?.next_back();
         let after = self.index.range::<&[u8]>(key..).map_err(fail)?.next();
-        for item in [before, after].into_iter().flatten() {
+        let what = || format!("the offsets of event {}", ev.id);
+        for (item, below) in [(before, true), (after, false)] {
+            let Some(item) = item else { continue };
             let (k, v) = item.map_err(fail)?;
-            codec::verify_keyed(k.value(), v.value())
-                .map_err(|e| damaged_near(&format!("the offsets of event {}", ev.id), e))?;
+            let found = k.value();
+            if (below && found >= key) || (!below && found <= key) {
+                return Err(CommitError::Corrupted {
+                    what: format!("looking up {}", what()),
+                    reason: "the index is out of order around its key: a branch page is damaged".into(),
+                });
+            }
+            codec::verify_keyed(found, v.value()).map_err(|e| damaged_near(&what(), e))?;
         }
         Ok(())
     }
@@ -1108,7 +1123,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 Some(row) => {
                     self.scratch.clear();
                     codec::encode_keyed_into(&key, &row, &mut self.scratch)?;
-                    self.index.insert(key.as_slice(), self.scratch.as_slice()).map(drop)
+                    let inserted = self.index.insert(key.as_slice(), self.scratch.as_slice()).map(drop);
+                    self.probe = Some(key);
+                    inserted
                 }
                 None => self.index.remove(key.as_slice()).map(drop),
             }
@@ -1149,6 +1166,10 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             self.wrote = true;
             let bytes = codec::encode(rec)?;
             self.handlers_t.insert(h.name.as_str(), bytes.as_slice()).map_err(|e| store.fail(e))?;
+        }
+        if let Some(key) = self.probe.take() {
+            let bytes = codec::encode(&key)?;
+            self.meta.insert(META_INDEX_PROBE, bytes.as_slice()).map_err(|e| store.fail(e))?;
         }
         for (id, schema) in &self.new_schemas {
             let bytes = codec::encode(schema)?;

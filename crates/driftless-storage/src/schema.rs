@@ -42,6 +42,11 @@ pub(crate) const DEAD_LETTERS: TableDefinition<(&str, &str), &[u8]> =
 pub(crate) const META_FORMAT: &str = "format";
 /// The meta key of the journal head (the last position handed out).
 pub(crate) const META_HEAD: &str = "journal_head";
+/// The meta key of the index probe: the key of an index row the last commit that wrote
+/// index rows wrote. Opening checks that the index holds it, which a tree whose root was
+/// redirected to an older version of itself (damage in redb's table of tables, not verified
+/// when the open check is off) does not.
+pub(crate) const META_INDEX_PROBE: &str = "index_probe";
 /// The meta key of the last journal position filed in `journal_by_aggregate`.
 pub(crate) const META_AGGREGATES_INDEXED: &str = "aggregates_indexed";
 

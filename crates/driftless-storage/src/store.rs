@@ -3,7 +3,8 @@
 use crate::error::{CommitError, OpenError, Poisoned, StorageFailure};
 use crate::schema::{
     FormatRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, FORMAT_VERSION, HANDLERS, JOURNAL,
-    JOURNAL_BY_AGGREGATE, MAGIC, META, META_FORMAT, OLDEST_FORMAT_VERSION, READ_MODELS,
+    JOURNAL_BY_AGGREGATE, MAGIC, META, META_FORMAT, META_HEAD, META_INDEX_PROBE, OLDEST_FORMAT_VERSION,
+    READ_MODELS,
 };
 use crate::upgrade::LegacyEvents;
 use driftless_domain::{codec, Event, Upcasters};
@@ -224,6 +225,7 @@ impl Store {
         let schemas = guarded(&path, || {
             let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
+            check_tips(&txn, &meta, &path)?;
             crate::schemas::Schemas::load(&meta)
                 .map_err(|e| OpenError::Corrupted { path: path.clone(), reason: e.to_string() })
         })?;
@@ -424,6 +426,64 @@ fn initialise(db: &Database, path: &Path) -> Result<(), OpenError> {
         txn.open_table(DEAD_LETTERS)?;
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Checks the tips of the two trees every commit extends, against what `meta` says the last
+/// commit wrote: the journal ends at the journal head, and the offset index holds the row
+/// of the index probe. A tree whose root redb was sent back to an older version of it
+/// (damage to redb's table of tables, which is verified only by the integrity check) is
+/// refused here rather than found by missing rows: a missing offset row would let an event
+/// be applied a second time.
+fn check_tips(
+    txn: &redb::ReadTransaction,
+    meta: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    path: &Path,
+) -> Result<(), OpenError> {
+    use redb::ReadableTable;
+    let damaged = |reason: String| OpenError::Corrupted { path: path.to_path_buf(), reason };
+    // Every table a database is created with is still there: a write would create a missing
+    // one empty, and take every event for new.
+    let missing = |e: redb::TableError| match e {
+        redb::TableError::TableDoesNotExist(name) => {
+            damaged(format!("its table {name} is missing: redb's table of tables is damaged"))
+        }
+        other => other.into(),
+    };
+    txn.open_table(HANDLERS).map_err(missing)?;
+    txn.open_table(READ_MODELS).map_err(missing)?;
+    txn.open_table(EVENT_IDS).map_err(missing)?;
+    txn.open_table(DEAD_LETTERS).map_err(missing)?;
+    txn.open_table(EVENT_INDEX).map_err(missing)?;
+    txn.open_table(JOURNAL).map_err(missing)?;
+    txn.open_table(JOURNAL_BY_AGGREGATE).map_err(missing)?;
+    if let Some(bytes) = meta.get(META_HEAD)? {
+        let head: u64 = codec::decode(bytes.value()).map_err(|e| damaged(format!("journal head: {e}")))?;
+        let journal = txn.open_table(JOURNAL)?;
+        let last = journal.last()?.map(|(k, _)| k.value());
+        // A journal that was never written (an engine without one) has no entries.
+        if head > 0 && last.is_some_and(|last| last != head) {
+            return Err(damaged(format!(
+                "the journal ends at position {}, but its head is {head}: the journal's tree is damaged",
+                last.unwrap_or(0)
+            )));
+        }
+    }
+    if let Some(bytes) = meta.get(META_INDEX_PROBE)? {
+        let key: Vec<u8> = codec::decode(bytes.value()).map_err(|e| damaged(format!("index probe: {e}")))?;
+        let index = txn.open_table(EVENT_INDEX)?;
+        match index.get(key.as_slice())? {
+            Some(row) => {
+                codec::verify_keyed(&key, row.value())
+                    .map_err(|e| damaged(format!("the last offset row written fails its checksum: {e}")))?;
+            }
+            None => {
+                return Err(damaged(
+                    "the offset index does not hold the last row written to it: its tree is damaged".into(),
+                ))
+            }
+        }
+    }
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use crate::error::OpenError;
 use crate::schema::{
     canonical_time, index_key, DeadLetter, DeadLetterV1, EventSchema, FormatRecord, IndexRow, IndexRowV1,
     JournalRecord, JournalRecordV1, ReadModelRecord, ReadModelRecordV1, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX,
-    FORMAT_VERSION, JOURNAL, MAGIC, META, META_FORMAT, READ_MODELS,
+    FORMAT_VERSION, JOURNAL, MAGIC, META, META_FORMAT, META_INDEX_PROBE, READ_MODELS,
 };
 use crate::schemas::schema_key;
 use driftless_domain::{codec, Event, EventId, FingerprintScheme, PayloadHash, UpcastError, Upcasters};
@@ -299,9 +299,13 @@ fn from_1_to_2(txn: &redb::WriteTransaction, events: &dyn LegacyEvents) -> Resul
             rm.insert(name.as_str(), bytes.as_slice())?;
         }
     }
-    // The schemas the journal now names.
+    // The schemas the journal now names, and the index probe (see `META_INDEX_PROBE`).
     {
         let mut meta = txn.open_table(META)?;
+        if let Some(key) = rows.keys().next_back() {
+            let bytes = codec::encode(key).map_err(|e| StepError::Failed(e.to_string()))?;
+            meta.insert(META_INDEX_PROBE, bytes.as_slice())?;
+        }
         for (name, id) in &schemas.ids {
             let schema = EventSchema { name: name.clone(), version: 1 };
             let bytes = codec::encode(&schema).map_err(|e| StepError::Failed(e.to_string()))?;
