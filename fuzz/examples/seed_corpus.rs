@@ -54,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         listing_id: "listing-1".into(),
         title: "Loft".into(),
         price: 420_000,
+        currency: driftless_listings::Currency::EUR,
         district: "Mitte".into(),
         status: ListingStatus::Published,
         inquiries: 3,
@@ -62,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let event = ListingEvent::new(
         "listing-1",
         1_700_000_000_000,
-        ListingEventKind::ListingCreated { title: "Loft".into(), price: 1, district: "Mitte".into() },
+        ListingEventKind::ListingCreated { title: "Loft".into(), price: 1.into(), district: "Mitte".into() },
     );
     let body = codec::stable_encode(&event)?;
     let entry = JournalEntry {

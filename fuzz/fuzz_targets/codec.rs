@@ -82,9 +82,19 @@ fn status(u: &mut Unstructured<'_>) -> arbitrary::Result<ListingStatus> {
     Ok(*u.choose(&[ListingStatus::Draft, ListingStatus::Published, ListingStatus::Archived])?)
 }
 
+fn currency(u: &mut Unstructured<'_>) -> arbitrary::Result<driftless_listings::Currency> {
+    let letters: [u8; 3] = u.arbitrary()?;
+    let code: String = letters.iter().map(|b| char::from(b'A' + b % 26)).collect();
+    driftless_listings::Currency::new(&code).map_err(|_| arbitrary::Error::IncorrectFormat)
+}
+
+fn money(u: &mut Unstructured<'_>) -> arbitrary::Result<driftless_listings::Money> {
+    Ok(driftless_listings::Money::new(u.arbitrary()?, currency(u)?))
+}
+
 fn listing_event(u: &mut Unstructured<'_>) -> arbitrary::Result<ListingEvent> {
     let kind = match u.int_in_range(0..=4u8)? {
-        0 => ListingEventKind::ListingCreated { title: text(u)?, price: u.arbitrary()?, district: text(u)? },
+        0 => ListingEventKind::ListingCreated { title: text(u)?, price: money(u)?, district: text(u)? },
         1 => ListingEventKind::ListingPriceChanged { price: u.arbitrary()? },
         2 => ListingEventKind::ListingPublished,
         3 => ListingEventKind::ListingArchived,
@@ -119,6 +129,7 @@ fn values(selector: u8, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             listing_id: text(u)?,
             title: text(u)?,
             price: u.arbitrary()?,
+            currency: currency(u)?,
             district: text(u)?,
             status: status(u)?,
             inquiries: u.arbitrary()?,

@@ -67,7 +67,7 @@ fn event_of(ev: &Ev) -> ListingEvent {
     let kind = match ev.kind % 5 {
         0 => ListingEventKind::ListingCreated {
             title: format!("Flat {}", ev.value % 2),
-            price: u64::from(ev.value % 4) * 100,
+            price: (u64::from(ev.value % 4) * 100).into(),
             district: format!("D{}", ev.value % 3),
         },
         1 => ListingEventKind::ListingPriceChanged { price: u64::from(ev.value % 8) * 50 },

@@ -139,7 +139,7 @@ fn the_listings_v1_fixture_still_opens_and_reads_the_expected_rows() -> Result<(
     let new = PreparedEvent::new(ListingEvent::new(
         "compat-listing",
         1_900_000_000_000,
-        ListingEventKind::ListingCreated { title: "New".into(), price: 5, district: "Mitte".into() },
+        ListingEventKind::ListingCreated { title: "New".into(), price: 5.into(), district: "Mitte".into() },
     ))?;
     let report = store.project(&registry, &[old, new], Timestamp(1_900_000_000_001))?;
     let outcomes: Vec<&EventOutcome> = report.events.iter().map(|e| &e.outcome).collect();

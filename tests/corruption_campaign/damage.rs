@@ -350,7 +350,11 @@ fn write_probe(
         let fresh = ListingEvent::new(
             "probe-listing",
             1_900_000_000_000,
-            ListingEventKind::ListingCreated { title: "Probe".into(), price: 1, district: "Mitte".into() },
+            ListingEventKind::ListingCreated {
+                title: "Probe".into(),
+                price: 1.into(),
+                district: "Mitte".into(),
+            },
         );
         let events = [PreparedEvent::new(fresh.clone())?, PreparedEvent::new(fresh)?];
         store.project(&registry, &events, Timestamp(1_900_000_000_001))?;

@@ -15,7 +15,11 @@ fn create(id: &str, at: u64) -> ListingEvent {
     event(
         id,
         at,
-        ListingEventKind::ListingCreated { title: "Loft".into(), price: 250_000, district: "Wedding".into() },
+        ListingEventKind::ListingCreated {
+            title: "Loft".into(),
+            price: 250_000.into(),
+            district: "Wedding".into(),
+        },
     )
 }
 

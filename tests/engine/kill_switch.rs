@@ -164,7 +164,11 @@ fn chaos(pause: bool) -> TestResult {
     let created = ListingEvent::new(
         "listing-after-restart",
         late.occurred_at + 1,
-        ListingEventKind::ListingCreated { title: "Loft".into(), price: 1_000, district: "Mitte".into() },
+        ListingEventKind::ListingCreated {
+            title: "Loft".into(),
+            price: 1_000.into(),
+            district: "Mitte".into(),
+        },
     );
     engine.dispatch(created.clone())?.wait()?;
     ensure_eq!(card(&engine, &created.aggregate_id)?.is_some(), !pause, "projected while still engaged");
@@ -186,7 +190,11 @@ fn outcomes_while_projection_is_paused() -> TestResult {
         ListingEvent::new(
             id,
             at,
-            ListingEventKind::ListingCreated { title: "Loft".into(), price: 1_000, district: "Mitte".into() },
+            ListingEventKind::ListingCreated {
+                title: "Loft".into(),
+                price: 1_000.into(),
+                district: "Mitte".into(),
+            },
         )
     };
     let before = created("l-1", 1);

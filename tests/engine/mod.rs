@@ -93,7 +93,7 @@ fn create(listing: &str, at: u64, price: u64) -> ListingEvent {
         at,
         driftless_listings::ListingEventKind::ListingCreated {
             title: "Loft".into(),
-            price,
+            price: price.into(),
             district: "Mitte".into(),
         },
     )

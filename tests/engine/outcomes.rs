@@ -18,9 +18,10 @@ fn simple(id: &str, at: u64, kind: ListingEventKind) -> ListingEvent {
     ListingEvent::new(id, at, kind)
 }
 
-/// A stream that exercises every outcome, including the corner cases: a rejected event
-/// is not remembered (its re-delivery, even with another payload, is tried again), and an
-/// id already applied is a conflict whatever the aggregate.
+/// A stream that exercises every outcome, including the corner cases: the first delivery
+/// of an id fixes its payload even when it is rejected (a re-delivery of the same event is
+/// tried again, one of another payload is a conflict), and an id already applied is a
+/// conflict whatever the aggregate.
 fn every_outcome() -> Vec<ListingEvent> {
     use ListingEventKind::{ListingArchived, ListingPublished};
     vec![

@@ -28,6 +28,11 @@ pub fn open_existing(path: &Path) -> Result<ListingEngine, CliError> {
 }
 
 /// Opens (creating if needed) the engine with `options` and, if given, `clock`.
+///
+/// A database written by an earlier release is upgraded in place, and a read model whose
+/// rows changed shape is rebuilt from the journal; the engine does that work on its writer
+/// thread as it opens, and this waits for it, so that what the command reads next is the
+/// rebuilt read model.
 pub fn open(
     path: &Path,
     options: EngineOptions,
@@ -37,7 +42,9 @@ pub fn open(
     if let Some(clock) = clock {
         builder = builder.clock(clock);
     }
-    Ok(builder.open()?)
+    let engine = builder.open()?;
+    engine.flush()?;
+    Ok(engine)
 }
 
 /// The reconciliation harness of the sample domain over `engine`: both reconcilers, the

@@ -1,9 +1,12 @@
-//! `driftless demo`: the whole story on a generated marketplace stream.
+//! `driftless demo`: the whole story on a generated marketplace stream, then the upgrade
+//! of a database the previous release wrote.
 //!
 //! The demo writes only a database it made itself. Its database carries a marker, so a
 //! second `driftless demo` on the same path replaces the first one's database; a path
 //! holding anything else (a database with ingested data, a file that is not a driftless
-//! database) is refused with a sentence saying what to do.
+//! database) is refused with a sentence saying what to do. The upgrade step writes a copy
+//! of the database shipped in `assets/` next to it (`<db>.upgrade.redb`), refusing to
+//! replace a file already there, and removes it when the step ends.
 
 use crate::config::{DemoConfig, ReadModel};
 use crate::db::{self, CliPager, ListingEngine};
@@ -15,18 +18,32 @@ use crate::query::{ready, table_of};
 use crate::reconcile::{report_row, report_table, run_once};
 use crate::{progress, status};
 use driftless::reconcile::{ReconcileHarness, ReconcileMode};
-use driftless::{Clock, EngineOptions, OpenError, ReadAnswer, SystemClock, Timestamp};
+use driftless::{Clock, EngineOptions, EventOutcome, OpenError, ReadAnswer, SystemClock, Timestamp};
 use driftless_listings::{
     generate, parse_line, GenConfig, LeaderboardRow, ListingCard, ListingModel, DISTRICT_LEADERBOARD,
     DISTRICT_STATS, LISTING_CARD,
 };
+use driftless_storage::{StoreOptions, StoreWriter, FORMAT_VERSION};
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 /// The metadata key marking a database the demo made.
 const MARKER_KEY: &str = "demo/marker";
+
+/// A small database the previous release wrote: format 1, contract version 1 (see
+/// `assets/README.md` for how it was made).
+const PREVIOUS_RELEASE_DATABASE: &[u8] = include_bytes!("../assets/format1-listings.redb");
+
+/// A line of the events that database holds, as contract version 1 wrote them: a bare
+/// integer price (`assets/format1-listings/a.jsonl`, line 1).
+const VERSION_1_LINE: &str = r#"{"aggregate_id": "L1", "event": "ListingCreated", "occurred_at": 1700000000010, "payload": {"title": "Sunny loft", "price": 420000, "district": "Mitte"}}"#;
+
+/// A line of contract version 2: a new listing priced in euros.
+const VERSION_2_LINE: &str = r#"{"aggregate_id": "L10", "event": "ListingCreated", "occurred_at": 1700000000900, "payload": {"title": "Penthouse by the park", "price": {"amount": 385000, "currency": "EUR"}, "district": "Mitte"}}"#;
 
 /// What the marker records.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -155,6 +172,7 @@ pub fn run(
     out: &mut Out,
 ) -> Result<(), CliError> {
     let started = Instant::now();
+    UpgradeCopy::ensure_room(db_path)?;
     let found = prepare_database(db_path)?;
     let gen = GenConfig {
         events: cfg.events,
@@ -336,6 +354,9 @@ pub fn run(
     }
     engine.shutdown()?;
 
+    heading(out, "8. Upgrade: a database the previous release wrote (format 1, contract version 1)")?;
+    upgrade_step(db_path, out)?;
+
     let db = db_path.display();
     heading(out, "Next commands to try")?;
     for (cmd, what) in [
@@ -353,6 +374,141 @@ pub fn run(
     out.blank()?;
     out.line(format!("demo finished in {:.1} s", started.elapsed().as_secs_f64()))?;
     Ok(())
+}
+
+/// The copy of [`PREVIOUS_RELEASE_DATABASE`] the upgrade step works on, removed when it is
+/// dropped (so also when the step fails half-way).
+struct UpgradeCopy {
+    path: PathBuf,
+}
+
+impl UpgradeCopy {
+    /// Where the copy for the demo's database at `db_path` goes: `<db>.upgrade.redb`.
+    fn path_for(db_path: &Path) -> PathBuf {
+        let mut name = db_path.as_os_str().to_owned();
+        name.push(".upgrade.redb");
+        PathBuf::from(name)
+    }
+
+    /// The refusal when something is at the copy's path already.
+    fn in_the_way(path: &Path) -> CliError {
+        CliError::Failed(format!(
+            "{} exists, and the demo writes the previous release's sample database there for its upgrade step; \
+             remove it (a demo stopped half-way leaves it behind) or run `driftless demo --db other.redb`",
+            path.display()
+        ))
+    }
+
+    /// Refuses, before the demo starts, when something is at the copy's path already.
+    fn ensure_room(db_path: &Path) -> Result<(), CliError> {
+        let path = Self::path_for(db_path);
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => Err(Self::in_the_way(&path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CliError::io(format!("could not look at {}", path.display()), e)),
+        }
+    }
+
+    /// Writes the copy at `<db>.upgrade.redb`, refusing to replace a file already there.
+    fn write(db_path: &Path) -> Result<Self, CliError> {
+        let path = Self::path_for(db_path);
+        let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Self::in_the_way(&path)),
+            Err(e) => return Err(CliError::io(format!("could not create {}", path.display()), e)),
+        };
+        // From here on the file is the demo's: dropping the guard removes it.
+        let copy = Self { path };
+        file.write_all(PREVIOUS_RELEASE_DATABASE)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| CliError::io(format!("could not write {}", copy.path.display()), e))?;
+        Ok(copy)
+    }
+
+    /// Removes the copy, saying so if that fails (the guard's own attempt on drop then
+    /// finds nothing or fails as quietly as it always does).
+    fn remove(self) -> Result<(), CliError> {
+        std::fs::remove_file(&self.path)
+            .map_err(|e| CliError::io(format!("could not remove {}", self.path.display()), e))
+    }
+}
+
+impl Drop for UpgradeCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The format version of the database at `path`, read without upgrading it.
+fn format_of(path: &Path) -> Result<u32, CliError> {
+    match StoreWriter::open(path, StoreOptions::default()) {
+        Ok(store) => {
+            store.close()?;
+            Ok(FORMAT_VERSION)
+        }
+        Err(OpenError::UpgradeRequired { found, .. }) => Ok(found),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The outcome of one event line in the contract's words.
+fn outcome_words(outcome: &EventOutcome) -> String {
+    match outcome {
+        EventOutcome::Applied | EventOutcome::Deferred => "applied".into(),
+        EventOutcome::Duplicate => "a duplicate".into(),
+        EventOutcome::Conflict { .. } => "a conflict".into(),
+        EventOutcome::Rejected { reason } => format!("rejected: {reason}"),
+        EventOutcome::Refused { reason } => format!("refused: {reason}"),
+    }
+}
+
+/// Step 8: the previous release's database opened by this one.
+fn upgrade_step(db_path: &Path, out: &mut Out) -> Result<(), CliError> {
+    let copy = UpgradeCopy::write(db_path)?;
+    let before = format_of(&copy.path)?;
+    out.line(format!(
+        "  {}: a copy of the small database that ships with the CLI, made by the previous release's `driftless ingest`",
+        copy.path.display()
+    ))?;
+    let engine = db::open(&copy.path, EngineOptions::default(), None)?;
+    out.line(format!(
+        "  format {before} before; opening it, the engine upgraded the file in place ({} journal entries kept) and,",
+        count(engine.store().journal_head()?)
+    ))?;
+    out.line("  as listing_card rows gained `currency`, rebuilt listing_card from the journal through the upcaster")?;
+    out.line("  (contract version 1 -> 2: a price without a currency is in VND)")?;
+    if engine.kill_switch(LISTING_CARD.name())?.is_some() {
+        out.line("  listing_card's kill switch, engaged by the previous release, is still engaged; the demo releases it:")?;
+        engine.set_kill_switch(LISTING_CARD.name(), false)?;
+    }
+    let cards: Vec<ListingCard> =
+        ready(&engine, &LISTING_CARD)?.iter()?.map(|r| r.map(|(_, c)| c)).collect::<Result<_, _>>()?;
+    let currencies: BTreeSet<String> = cards.iter().map(|c| c.currency.to_string()).collect();
+    out.table(&table_of(cards.get(..3).unwrap_or(&cards), 4))?;
+    out.line(format!(
+        "    ... {} in all, in {}",
+        plural(cards.len(), "card", "cards"),
+        currencies.into_iter().collect::<Vec<_>>().join(", ")
+    ))?;
+
+    for (what, line) in [
+        ("a line of contract version 1 that it holds", VERSION_1_LINE),
+        ("a new line of version 2, priced in EUR", VERSION_2_LINE),
+    ] {
+        let event = parse_line(line)
+            .map_err(|e| CliError::Failed(format!("the demo's event line is malformed: {e}")))?;
+        let report = engine.dispatch(event)?.wait()?;
+        out.line(format!("  ingesting {what}: {}", outcome_words(&report.outcome)))?;
+        out.line(format!("    {line}"))?;
+    }
+    let new_card = ready(&engine, &LISTING_CARD)?.get(&"L10".to_string())?;
+    out.table(&table_of(new_card.as_slice(), 4))?;
+    engine.shutdown()?;
+    let after = format_of(&copy.path)?;
+    let shown = copy.path.display().to_string();
+    copy.remove()?;
+    out.line(format!("  format {after} after; {shown} removed"))?;
+    out.flush()
 }
 
 /// Fails unless the engine's counts and rows equal the reference model's.

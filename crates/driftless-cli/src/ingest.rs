@@ -26,7 +26,7 @@ pub enum Notice {
         /// Why.
         reason: String,
     },
-    /// Its event id was already applied with another payload.
+    /// Its event id was first delivered (applied or rejected) with another payload.
     Conflict {
         /// Its 1-based number.
         line: u64,
@@ -59,7 +59,7 @@ impl fmt::Display for Notice {
             Self::Malformed { line, reason } => write!(f, "line {line}: {reason}"),
             Self::Conflict { line, event_id } => write!(
                 f,
-                "line {line}: conflict: the event id {event_id} was already applied with another payload; skipped"
+                "line {line}: conflict: the event id {event_id} was first delivered with another payload; skipped"
             ),
             Self::Rejected { line, event_id, reason } => {
                 write!(f, "line {line}: rejected: {reason} (event {event_id}, kept as a dead letter)")

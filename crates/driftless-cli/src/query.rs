@@ -26,6 +26,7 @@ impl Row for ListingCard {
             ("listing_id", Align::Left),
             ("title", Align::Left),
             ("price", Align::Right),
+            ("currency", Align::Left),
             ("district", Align::Left),
             ("status", Align::Left),
             ("inquiries", Align::Right),
@@ -37,6 +38,7 @@ impl Row for ListingCard {
             self.listing_id.clone(),
             self.title.clone(),
             count(self.price),
+            self.currency.to_string(),
             self.district.clone(),
             self.status.to_string(),
             count(self.inquiries),
@@ -171,7 +173,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use driftless_listings::ListingStatus;
+    use driftless_listings::{Currency, ListingStatus};
 
     /// The serde form printed by `query --json` is the contract's row.
     #[test]
@@ -180,6 +182,7 @@ mod tests {
             listing_id: "l-1".into(),
             title: "Loft".into(),
             price: 5,
+            currency: Currency::EUR,
             district: "Mitte".into(),
             status: ListingStatus::Published,
             inquiries: 2,
@@ -193,7 +196,7 @@ mod tests {
         assert_eq!(serde_json::to_value(&row)?, row.to_json());
         assert_eq!(
             serde_json::to_string(&card)?,
-            r#"{"listing_id":"l-1","title":"Loft","price":5,"district":"Mitte","status":"published","inquiries":2,"version":4}"#
+            r#"{"listing_id":"l-1","title":"Loft","price":5,"currency":"EUR","district":"Mitte","status":"published","inquiries":2,"version":4}"#
         );
         Ok(())
     }

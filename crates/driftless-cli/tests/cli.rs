@@ -34,6 +34,23 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// A file of the CLI's `assets/`: the previous release's database and the events it was
+/// made from.
+fn asset(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join(name)
+}
+
+/// A `ListingCreated` line for `listing` at `at` whose price is the JSON text `price`.
+fn created_line(listing: &str, at: u64, price: &str) -> String {
+    format!(
+        r#"{{"aggregate_id":"{listing}","event":"ListingCreated","occurred_at":{at},"payload":{{"title":"Flat {listing}","price":{price},"district":"Mitte"}}}}"#
+    )
+}
+
+fn path_str(path: &Path) -> TestResult<&str> {
+    Ok(path.to_str().ok_or("a non-UTF-8 path")?)
+}
+
 /// What one run of the binary did.
 struct Output {
     status: ExitStatus,
@@ -152,8 +169,8 @@ fn ingest_reports_every_outcome_of_the_contract() -> TestResult {
     let out = ingest_fixture(&db, &[])?;
     ensure_eq!(out.json_lines()?, vec![expected.clone()], "the summary of `ingest --json`");
     for line in [
-        "line 7: conflict: the event id l-a:1003:InquiryReceived was already applied with another payload",
-        "line 9: conflict: the event id crm-77 was already applied",
+        "line 7: conflict: the event id l-a:1003:InquiryReceived was first delivered with another payload",
+        "line 9: conflict: the event id crm-77 was first delivered with another payload",
         "line 11: rejected: listing l-a already exists",
         "line 13: the line is empty",
         "line 26: rejected: listing l-zz does not exist",
@@ -578,6 +595,35 @@ fn the_demo_tells_the_whole_story_and_can_run_again() -> TestResult {
         "the rebuild of the demoted read model does not say it released its kill switch:\n{}",
         out.stdout
     );
+    // The upgrade step: the previous release's database, upgraded, its rows in VND, a line
+    // of version 1 a duplicate and one of version 2 applied; the copy is gone afterwards.
+    let step = out.stdout.split("8. Upgrade").nth(1).ok_or_else(|| {
+        format!(
+            "no upgrade step:
+{}",
+            out.stdout
+        )
+    })?;
+    for words in [
+        "format 1 before",
+        "upgraded the file in place",
+        "through the upcaster",
+        "9 cards in all, in VND",
+        "a line of contract version 1 that it holds: a duplicate",
+        "priced in EUR: applied",
+        "385,000  EUR",
+        "format 2 after",
+        "removed",
+    ] {
+        ensure!(
+            step.contains(words),
+            "the upgrade step never says {words:?}:
+{step}"
+        );
+    }
+    let copy = dir.path().join("demo.redb.upgrade.redb");
+    ensure!(!copy.exists(), "the upgrade step left {} behind", copy.display());
+
     // A second run replaces the first one's database.
     let again = driftless(&db, &["demo", "--events", "3000"])?.ok()?;
     ensure!(again.stdout.contains("replacing the earlier demo database"), "{}", again.stdout);
@@ -590,5 +636,221 @@ fn the_demo_tells_the_whole_story_and_can_run_again() -> TestResult {
     ensure_eq!(refused.code(), Some(1), "a database with other data");
     ensure!(refused.stderr.contains("--db"), "{}", refused.stderr);
     driftless(&other, &["query", "listing_card", "l-a", "--json"])?.ok()?;
+
+    // Nor does it replace a file where its upgrade step would write its copy.
+    let fresh = dir.path().join("fresh.redb");
+    let in_the_way = dir.path().join("fresh.redb.upgrade.redb");
+    std::fs::write(
+        &in_the_way,
+        "mine
+",
+    )?;
+    let refused = driftless(&fresh, &["demo", "--events", "3000"])?;
+    ensure_eq!(refused.code(), Some(1), "a file at the upgrade step's path");
+    ensure!(refused.stderr.contains("fresh.redb.upgrade.redb exists"), "{}", refused.stderr);
+    ensure_eq!(
+        std::fs::read_to_string(&in_the_way)?,
+        "mine
+",
+        "the file is untouched"
+    );
+    ensure!(!fresh.exists(), "nothing was started");
+    Ok(())
+}
+
+#[test]
+fn ingest_takes_both_price_shapes_and_query_prints_the_currency() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    let lines = [
+        created_line("L-eur", 1, r#"{"amount":385000,"currency":"EUR"}"#),
+        created_line("L-vnd", 2, "420000"),
+        // The same event with its VND price as an object: a duplicate.
+        created_line("L-vnd", 2, r#"{"currency":"VND","amount":420000}"#),
+        // The same amount in another currency: a conflict.
+        created_line("L-vnd", 2, r#"{"amount":420000,"currency":"EUR"}"#),
+        // Unknown fields of the price object are ignored.
+        created_line("L-usd", 3, r#"{"amount":5,"currency":"USD","note":"incl. fees"}"#),
+        // A price change is an amount in the listing's currency.
+        r#"{"aggregate_id":"L-eur","event":"ListingPriceChanged","occurred_at":4,"payload":{"price":380000}}"#.into(),
+        created_line("L-bad", 5, "5.5"),
+        created_line("L-bad", 5, r#""5""#),
+        created_line("L-bad", 5, r#"{"amount":5}"#),
+        created_line("L-bad", 5, r#"{"amount":5,"currency":"eur"}"#),
+        created_line("L-bad", 5, r#"{"amount":9007199254740992,"currency":"EUR"}"#),
+        created_line("L-bad", 5, r#"{"amount":-1,"currency":"EUR"}"#),
+        r#"{"aggregate_id":"L-eur","event":"ListingPriceChanged","occurred_at":6,"payload":{"price":{"amount":1,"currency":"EUR"}}}"#.into(),
+        // The first delivery of an id fixes its payload even when it is rejected.
+        r#"{"aggregate_id":"L-x","event":"ListingPublished","occurred_at":7,"payload":{},"event_id":"pub-x"}"#.into(),
+        r#"{"aggregate_id":"L-x","event":"ListingArchived","occurred_at":8,"payload":{},"event_id":"pub-x"}"#.into(),
+    ];
+    let file = dir.path().join("prices.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n")?;
+    let out = driftless(&db, &["ingest", path_str(&file)?, "--json", "--batch", "3"])?.ok()?;
+    ensure_eq!(
+        out.json_lines()?,
+        vec![
+            serde_json::json!({"lines": 15, "applied": 4, "duplicates": 1, "conflicts": 2, "rejected": 1, "malformed": 7})
+        ],
+        "the summary"
+    );
+    let shapes = r#"must be an integer or an object {"amount": integer, "currency": "EUR"}"#;
+    for line in [
+        "line 4: conflict: the event id L-vnd:2:ListingCreated was first delivered with another payload".to_string(),
+        "line 7: the field `payload.price` must be an integer, but is a number with a fraction or an exponent".into(),
+        format!("line 8: the field `payload.price` {shapes}, but is a string"),
+        "line 9: the required field `payload.price.currency` is missing".into(),
+        "line 10: the field `payload.price.currency` is \"eur\", but a currency must be exactly 3 ASCII uppercase letters".into(),
+        "line 11: the field `payload.price.amount` is 9007199254740992, outside the allowed range 0 to 9007199254740991".into(),
+        "line 12: the field `payload.price.amount` is -1, outside the allowed range".into(),
+        "line 13: the field `payload.price` must be an integer, but is an object".into(),
+        "line 14: rejected: listing L-x does not exist".into(),
+        "line 15: conflict: the event id pub-x was first delivered with another payload".into(),
+    ] {
+        ensure!(out.stderr.contains(&line), "stderr lacks {line:?}:\n{}", out.stderr);
+    }
+
+    // `--json` rows have the contract's fields in the contract's order.
+    let json = driftless(&db, &["query", "listing_card", "--json"])?.ok()?;
+    ensure_eq!(
+        json.stdout.lines().collect::<Vec<_>>(),
+        vec![
+            r#"{"listing_id":"L-eur","title":"Flat L-eur","price":380000,"currency":"EUR","district":"Mitte","status":"draft","inquiries":0,"version":2}"#,
+            r#"{"listing_id":"L-usd","title":"Flat L-usd","price":5,"currency":"USD","district":"Mitte","status":"draft","inquiries":0,"version":1}"#,
+            r#"{"listing_id":"L-vnd","title":"Flat L-vnd","price":420000,"currency":"VND","district":"Mitte","status":"draft","inquiries":0,"version":1}"#,
+        ],
+        "listing_card rows"
+    );
+    let one = driftless(&db, &["query", "listing_card", "L-usd", "--json"])?.ok()?.json_lines()?;
+    ensure_eq!(one.first().and_then(|r| r.get("currency")).and_then(Value::as_str), Some("USD"), "one row");
+    let table = driftless(&db, &["query", "listing_card"])?.ok()?;
+    let mut rows = table.stdout.lines();
+    let header: Vec<&str> = rows.next().unwrap_or_default().split_whitespace().collect();
+    ensure_eq!(
+        header,
+        vec!["listing_id", "title", "price", "currency", "district", "status", "inquiries", "version"],
+        "the table's columns"
+    );
+    ensure!(
+        rows.next().is_some_and(|r| r.contains("380,000") && r.contains(" EUR ")),
+        "the first row: {}",
+        table.stdout
+    );
+    // The engine's rows are what the reference model folds from the same lines.
+    let mut model = ListingModel::new();
+    for (_, line) in parse_jsonl(BufReader::new(std::fs::File::open(&file)?)) {
+        match line {
+            Ok(event) => {
+                model.apply(&event);
+            }
+            Err(_) => model.record_malformed(),
+        }
+    }
+    ensure_eq!(
+        json.json_lines()?,
+        model.cards().map(|c| c.to_json()).collect::<Vec<_>>(),
+        "the engine's rows vs ListingModel"
+    );
+    ensure_eq!(out.json_lines()?, vec![model.summary().to_json()], "the engine's counts vs ListingModel");
+    Ok(())
+}
+
+/// The database the previous release wrote, copied into `dir`.
+fn previous_release_database(dir: &Path) -> TestResult<PathBuf> {
+    let db = dir.join("previous-release.redb");
+    std::fs::copy(asset("format1-listings.redb"), &db)?;
+    Ok(db)
+}
+
+#[test]
+fn a_database_of_the_previous_release_is_upgraded_and_takes_both_contracts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = previous_release_database(dir.path())?;
+    // Upgraded and rebuilt as it opens; the kill switch that release engaged still holds.
+    let switched_off = driftless(&db, &["query", "listing_card", "--json"])?;
+    ensure_eq!(
+        switched_off.code(),
+        Some(3),
+        "listing_card, switched off by the previous release: {}",
+        switched_off.stderr
+    );
+    ensure!(switched_off.stderr.contains("switched off"), "{}", switched_off.stderr);
+    driftless(&db, &["kill-switch", "listing_card", "off"])?.ok()?;
+
+    // The rows that release printed, each now with its currency: VND.
+    let cards = driftless(&db, &["query", "listing_card", "--json"])?.ok()?.json_lines()?;
+    let mut expected = read_jsonl(&fixture("format1_listing_card.jsonl"))?;
+    for row in &mut expected {
+        if let Value::Object(fields) = row {
+            fields.insert("currency".into(), Value::from("VND"));
+        }
+    }
+    ensure_eq!(cards, expected, "listing_card after the upgrade");
+
+    // Its own event files again: what it applied is a duplicate, what it rejected is tried
+    // again, and the id whose second payload it applied after rejecting the first keeps
+    // the applied one (its first line is now a conflict).
+    let a = driftless(&db, &["ingest", path_str(&asset("format1-listings/a.jsonl"))?, "--json"])?.ok()?;
+    ensure_eq!(
+        a.json_lines()?,
+        vec![
+            serde_json::json!({"lines": 32, "applied": 0, "duplicates": 28, "conflicts": 2, "rejected": 1, "malformed": 1})
+        ],
+        "a.jsonl again"
+    );
+    ensure!(a.stderr.contains("line 29: conflict: the event id shared-id"), "{}", a.stderr);
+    let b = driftless(&db, &["ingest", path_str(&asset("format1-listings/b.jsonl"))?, "--json"])?.ok()?;
+    ensure_eq!(
+        b.json_lines()?,
+        vec![
+            serde_json::json!({"lines": 9, "applied": 0, "duplicates": 8, "conflicts": 0, "rejected": 1, "malformed": 0})
+        ],
+        "b.jsonl again"
+    );
+
+    // Lines of contract version 2.
+    let v2 = [
+        created_line("L10", 1_700_000_000_900, r#"{"amount":385000,"currency":"EUR"}"#),
+        r#"{"aggregate_id":"L1","event":"ListingCreated","occurred_at":1700000000010,"payload":{"title":"Sunny loft","price":{"amount":420000,"currency":"VND"},"district":"Mitte"}}"#.into(),
+        r#"{"aggregate_id":"L1","event":"ListingCreated","occurred_at":1700000000010,"payload":{"title":"Sunny loft","price":{"amount":420000,"currency":"EUR"},"district":"Mitte"}}"#.into(),
+    ]
+    .join("\n");
+    let out = run_with(command(&db, &["ingest", "-", "--json"]), Some(v2.as_bytes()))?.ok()?;
+    ensure_eq!(
+        out.json_lines()?,
+        vec![
+            serde_json::json!({"lines": 3, "applied": 1, "duplicates": 1, "conflicts": 1, "rejected": 0, "malformed": 0})
+        ],
+        "version-2 lines"
+    );
+    let l10 = driftless(&db, &["query", "listing_card", "L10", "--json"])?.ok()?;
+    ensure_eq!(
+        l10.stdout.trim(),
+        r#"{"listing_id":"L10","title":"Flat L10","price":385000,"currency":"EUR","district":"Mitte","status":"draft","inquiries":0,"version":1}"#,
+        "the new listing"
+    );
+
+    // Reconciliation reads the old journal entries through the upcaster: listing_card is
+    // clean, and district_stats shows exactly the 2 rows that release's `chaos tamper` changed.
+    let report = driftless(&db, &["reconcile", "--mode", "full", "--json"])?.ok()?.json_lines()?;
+    let summary: Vec<Value> = report
+        .iter()
+        .map(|r| {
+            let field = |name: &str| r.get(name).cloned().unwrap_or(Value::Null);
+            serde_json::json!([field("read_model"), field("sampled"), field("drifted"), field("errors")])
+        })
+        .collect();
+    ensure_eq!(
+        summary,
+        vec![serde_json::json!(["listing_card", 10, 0, 0]), serde_json::json!(["district_stats", 4, 2, 0])],
+        "a full reconciliation"
+    );
+    let drifted: Vec<&str> = report
+        .get(1)
+        .and_then(|r| r.get("drifted_keys"))
+        .and_then(Value::as_array)
+        .map(|keys| keys.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    ensure_eq!(drifted, vec!["Kreuzberg", "Wedding"], "the tampered districts");
     Ok(())
 }

@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::event::v1::ListingEventV1;
 use crate::event::ListingEvent;
 use crate::fold::{fold_listing, ListingModel};
 use crate::leaderboard::{leaderboard, LeaderboardRow, DISTRICT_LEADERBOARD};
@@ -42,7 +43,7 @@ use driftless::reconcile::{
     compare_row, FnReconciler, ReconcileFailure, ReconcileMode, ReconcileResult, Reconciler,
     RefoldReconciler, SampleKey,
 };
-use driftless::{codec, EngineBuilder, MaterializedView, Store, Upcasters, View, ViewSource};
+use driftless::{EngineBuilder, MaterializedView, Store, Upcasters, View, ViewSource};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -63,10 +64,29 @@ pub fn engine_builder(path: impl Into<PathBuf>) -> EngineBuilder<ListingEvent> {
 }
 
 /// How the journal's older events of the sample domain are read: one step per schema
-/// version of [`ListingEvent`].
+/// version of [`ListingEvent`]. Version 1 ([`ListingEventV1`], a `ListingCreated` price
+/// without a currency) becomes version 2 with its price in VND.
+///
+/// ```
+/// use driftless::codec;
+/// use driftless_listings::embed::upcasters;
+/// use driftless_listings::v1::{ListingEventKindV1, ListingEventV1};
+/// use driftless_listings::{Currency, ListingEventKind, Money};
+///
+/// let old = ListingEventV1 {
+///     event_id: "l-1:1:ListingCreated".into(),
+///     aggregate_id: "l-1".into(),
+///     occurred_at: 1,
+///     kind: ListingEventKindV1::ListingCreated { title: "Loft".into(), price: 5, district: "Mitte".into() },
+/// };
+/// let stored = codec::stable_encode(&old)?;
+/// let event = upcasters().decode(1, &stored)?;
+/// assert!(matches!(event.kind, ListingEventKind::ListingCreated { price, .. } if price == Money::new(5, Currency::VND)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use]
 pub fn upcasters() -> Upcasters<ListingEvent> {
-    Upcasters::new()
+    Upcasters::new().upcast(1, |old: ListingEventV1| ListingEvent::from(old))
 }
 
 /// The `district_leaderboard` materialized view: `district_stats` ranked by [`leaderboard`],
@@ -106,11 +126,14 @@ type Expected = Arc<BTreeMap<String, DistrictStats>>;
 /// The journal fold behind [`district_stats_reconciler`], memoised by journal head.
 struct DistrictFold {
     store: Arc<Store>,
+    /// How journal entries of older schema versions are read.
+    upcasters: Upcasters<ListingEvent>,
     memo: Mutex<Option<(u64, Expected)>>,
 }
 
 impl DistrictFold {
-    /// The expected rows: [`ListingModel`] folded over the whole journal. The fold is
+    /// The expected rows: [`ListingModel::replay`] over the whole journal, each entry read
+    /// at its schema version through the upcasters. The fold is
     /// memoised with the journal head it read up to (the journal only grows, so a head
     /// names one content). With `fresh`, a memo older than the current head is refolded;
     /// without, any memo is used as it is.
@@ -138,7 +161,7 @@ impl DistrictFold {
             let entries = self.store.journal_range(next, JOURNAL_CHUNK)?;
             let Some(last) = entries.last().map(|e| e.position) else { break };
             for entry in entries.iter().filter(|e| e.position <= head) {
-                model.apply(&codec::stable_decode::<ListingEvent>(&entry.body)?);
+                model.replay(&self.upcasters.decode(entry.schema_version, &entry.body)?);
             }
             next = last.saturating_add(1);
         }
@@ -189,7 +212,8 @@ impl DistrictFold {
 /// The reconciler of `district_stats`.
 ///
 /// A district's figures depend on every listing in it, so a key cannot be refolded on its
-/// own: the expected rows are [`ListingModel`] folded over the whole journal, computed
+/// own: the expected rows are [`ListingModel::replay`] over the whole journal (entries of
+/// older schema versions read through [`upcasters`]), computed
 /// once per run (when the keys are listed, and only if the journal grew since the last
 /// fold) and compared row by row with the stored ones; a row that differs is compared
 /// again with a fold up to the current journal head, so that events applied during the
@@ -198,7 +222,7 @@ impl DistrictFold {
 /// stored row is drift.
 #[must_use]
 pub fn district_stats_reconciler(store: Arc<Store>) -> FnReconciler {
-    let fold = Arc::new(DistrictFold { store, memo: Mutex::new(None) });
+    let fold = Arc::new(DistrictFold { store, upcasters: upcasters(), memo: Mutex::new(None) });
     let lister = Arc::clone(&fold);
     FnReconciler::new(
         DISTRICT_STATS.name(),
@@ -211,6 +235,7 @@ pub fn district_stats_reconciler(store: Arc<Store>) -> FnReconciler {
 mod tests {
     use super::*;
     use crate::generate::{generate_events, GenConfig};
+    use driftless::codec;
     use driftless::reconcile::{ReconcileHarness, ReconcileMode};
     use driftless::{Durability, Engine, ReadAnswer};
     use std::collections::BTreeSet;
@@ -283,7 +308,11 @@ mod tests {
         let events = generate_events(config());
         let (first, rest) = events.split_at(300);
         engine.dispatch_batch(first.to_vec())?.wait()?;
-        let fold = DistrictFold { store: Arc::clone(engine.store()), memo: Mutex::new(None) };
+        let fold = DistrictFold {
+            store: Arc::clone(engine.store()),
+            upcasters: upcasters(),
+            memo: Mutex::new(None),
+        };
         let a = fold.expected(true)?;
         assert!(Arc::ptr_eq(&a, &fold.expected(true)?), "the same head folds once");
         engine.dispatch_batch(rest.to_vec())?.wait()?;

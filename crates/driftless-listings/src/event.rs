@@ -1,19 +1,184 @@
 //! The events of the listings marketplace.
 
 use driftless_domain::{Event, EventId, Timestamp};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
+use std::fmt;
+use std::str::FromStr;
 
 /// The largest integer a JSON number carries exactly: 2^53 - 1. `price` and `occurred_at`
 /// are limited to `0..=MAX_SAFE_INTEGER`, so that every JSON reader agrees on them.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// A currency: exactly 3 ASCII uppercase letters, such as `EUR` (an ISO 4217 code; the
+/// letters are checked, not the list of codes).
+///
+/// Its serde form is the 3-letter string, in JSON and in the stable encoding alike, and
+/// reading one checks it, so a `Currency` always holds a valid code.
+///
+/// ```
+/// use driftless_listings::Currency;
+///
+/// let eur: Currency = "EUR".parse()?;
+/// assert_eq!(eur, Currency::EUR);
+/// assert_eq!(eur.as_str(), "EUR");
+/// assert!("eur".parse::<Currency>().is_err());
+/// assert!("EURO".parse::<Currency>().is_err());
+/// # Ok::<(), driftless_listings::CurrencyError>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Currency([u8; 3]);
+
+/// Why a text is not a [`Currency`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a currency: a currency is exactly 3 ASCII uppercase letters, such as EUR")]
+pub struct CurrencyError {
+    /// The text refused.
+    pub text: String,
+}
+
+impl Currency {
+    /// The Vietnamese đồng: the currency of every price of contract version 1, and of a
+    /// price given as a bare integer.
+    pub const VND: Self = Self(*b"VND");
+    /// The euro.
+    pub const EUR: Self = Self(*b"EUR");
+    /// The US dollar.
+    pub const USD: Self = Self(*b"USD");
+
+    /// The currency of `code`.
+    ///
+    /// # Errors
+    /// [`CurrencyError`] unless `code` is exactly 3 ASCII uppercase letters.
+    pub fn new(code: &str) -> Result<Self, CurrencyError> {
+        match code.as_bytes() {
+            &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Self([a, b, c])),
+            _ => Err(CurrencyError { text: code.to_owned() }),
+        }
+    }
+
+    /// The 3-letter code.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        // Always 3 ASCII letters: `new` and the constants are the only ways in.
+        std::str::from_utf8(&self.0).unwrap_or("???")
+    }
+}
+
+impl FromStr for Currency {
+    type Err = CurrencyError;
+
+    fn from_str(code: &str) -> Result<Self, Self::Err> {
+        Self::new(code)
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Currency({})", self.as_str())
+    }
+}
+
+impl Serialize for Currency {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Code;
+        impl serde::de::Visitor<'_> for Code {
+            type Value = Currency;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a currency: exactly 3 ASCII uppercase letters")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, code: &str) -> Result<Currency, E> {
+                Currency::new(code).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Code)
+    }
+}
+
+/// An amount of money: a whole number of units of `currency`, `0..=MAX_SAFE_INTEGER`.
+///
+/// In a JSON line it is either a bare integer (the amount in [`Currency::VND`], as version
+/// 1 of the contract wrote every price) or an object `{"amount": 5, "currency": "EUR"}`;
+/// both forms of a VND amount are the same `Money`.
+///
+/// ```
+/// use driftless_listings::{Currency, Money};
+///
+/// assert_eq!(Money::from(5), Money::new(5, Currency::VND));
+/// assert_eq!(Money::new(5, Currency::VND).to_json(), serde_json::json!(5));
+/// assert_eq!(
+///     Money::new(5, Currency::EUR).to_json(),
+///     serde_json::json!({"amount": 5, "currency": "EUR"})
+/// );
+/// assert_eq!(Money::new(420_000, Currency::EUR).to_string(), "420000 EUR");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Money {
+    /// How many units, `0..=MAX_SAFE_INTEGER`.
+    pub amount: u64,
+    /// Of which currency.
+    pub currency: Currency,
+}
+
+impl Money {
+    /// `amount` units of `currency`.
+    #[must_use]
+    pub const fn new(amount: u64, currency: Currency) -> Self {
+        Self { amount, currency }
+    }
+
+    /// The price in its JSON line form: the bare amount for [`Currency::VND`], an object
+    /// `{"amount", "currency"}` otherwise.
+    #[must_use]
+    pub fn to_json(&self) -> Value {
+        if self.currency == Currency::VND {
+            return Value::from(self.amount);
+        }
+        let mut object = Map::new();
+        object.insert("amount".into(), Value::from(self.amount));
+        object.insert("currency".into(), Value::from(self.currency.as_str()));
+        Value::Object(object)
+    }
+}
+
+impl From<u64> for Money {
+    /// An amount in [`Currency::VND`], as a bare integer price means.
+    fn from(amount: u64) -> Self {
+        Self::new(amount, Currency::VND)
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.amount, self.currency)
+    }
+}
 
 /// One event of a listing's life, as the write model publishes it.
 ///
 /// The serde derive of this struct is the event's *stable encoding*: the journal stores it
 /// and the payload hash is computed over it. It covers the event id, the aggregate, the
 /// time and the kind with its payload, and nothing of the JSON text the event was parsed
-/// from, so key order, white space and ignored fields never change the hash.
+/// from, so key order, white space, ignored fields and the form of a VND price (`5` or
+/// `{"amount": 5, "currency": "VND"}`) never change the hash.
+///
+/// This is version 2 of the encoding ([`Event::SCHEMA_VERSION`]): `ListingCreated`'s price
+/// became [`Money`]. Version 1 is kept as [`ListingEventV1`](crate::v1::ListingEventV1),
+/// and [`embed::upcasters`](crate::embed::upcasters) reads journal entries written at it.
 ///
 /// The event id is always stored. When a JSON line has none it is derived as
 /// `"{aggregate_id}:{occurred_at}:{event}"`, so an explicit id equal to that default and an
@@ -46,14 +211,14 @@ pub enum ListingEventKind {
     ListingCreated {
         /// Its title, 1 to 200 characters.
         title: String,
-        /// Its asking price, `0..=MAX_SAFE_INTEGER`.
-        price: u64,
+        /// Its asking price: an amount `0..=MAX_SAFE_INTEGER` in a currency.
+        price: Money,
         /// The district it is in, 1 to 100 characters.
         district: String,
     },
     /// The asking price changed.
     ListingPriceChanged {
-        /// The new price, `0..=MAX_SAFE_INTEGER`.
+        /// The new amount, `0..=MAX_SAFE_INTEGER`, in the listing's currency.
         price: u64,
     },
     /// A draft listing went live.
@@ -84,14 +249,16 @@ impl ListingEventKind {
         }
     }
 
-    /// The payload as a JSON object (empty for events without one).
+    /// The payload as a JSON object (empty for events without one). A price in
+    /// [`Currency::VND`] is written as a bare integer, any other as an object (see
+    /// [`Money::to_json`]).
     #[must_use]
     pub fn payload_json(&self) -> Value {
         let mut payload = Map::new();
         match self {
             Self::ListingCreated { title, price, district } => {
                 payload.insert("title".into(), Value::from(title.as_str()));
-                payload.insert("price".into(), Value::from(*price));
+                payload.insert("price".into(), price.to_json());
                 payload.insert("district".into(), Value::from(district.as_str()));
             }
             Self::ListingPriceChanged { price } => {
@@ -171,6 +338,9 @@ impl ListingEvent {
 }
 
 impl Event for ListingEvent {
+    /// Version 2: `ListingCreated`'s price is [`Money`] (version 1: an integer).
+    const SCHEMA_VERSION: u32 = 2;
+
     fn aggregate_id(&self) -> &str {
         &self.aggregate_id
     }
@@ -193,6 +363,104 @@ impl Event for ListingEvent {
             Err(_) => serde_json::from_value(Value::from(self.event_id.as_str())).unwrap_or_else(|_| {
                 EventId::derive(&self.aggregate_id, self.occurred_at(), self.kind.name())
             }),
+        }
+    }
+}
+
+/// Version 1 of the event's stable encoding, as the release before contract version 2
+/// journaled it: `ListingCreated`'s price was a bare integer (in VND, as version 2 reads it).
+///
+/// These types exist to read old journal entries and dead letters: they are exactly the
+/// earlier `ListingEvent` and `ListingEventKind` (same fields, same order, same types, same
+/// variants), so that their serde form decodes what that release wrote.
+/// [`embed::upcasters`](crate::embed::upcasters) registers the step from them to the current
+/// [`ListingEvent`] (`From<ListingEventV1>`).
+///
+/// ```
+/// use driftless_listings::v1::{ListingEventKindV1, ListingEventV1};
+/// use driftless_listings::{Currency, ListingEvent, ListingEventKind, Money};
+///
+/// let old = ListingEventV1 {
+///     event_id: "l-1:1:ListingCreated".into(),
+///     aggregate_id: "l-1".into(),
+///     occurred_at: 1,
+///     kind: ListingEventKindV1::ListingCreated { title: "Loft".into(), price: 5, district: "Mitte".into() },
+/// };
+/// let new = ListingEvent::from(old);
+/// assert_eq!(
+///     new.kind,
+///     ListingEventKind::ListingCreated { title: "Loft".into(), price: Money::new(5, Currency::VND), district: "Mitte".into() }
+/// );
+/// ```
+pub mod v1 {
+    use super::{ListingEvent, ListingEventKind, Money};
+    use serde::{Deserialize, Serialize};
+
+    /// A listing event at schema version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub struct ListingEventV1 {
+        /// The event's identity.
+        pub event_id: String,
+        /// The listing the event belongs to.
+        pub aggregate_id: String,
+        /// When it happened, in Unix milliseconds.
+        pub occurred_at: u64,
+        /// What happened, with its payload.
+        pub kind: ListingEventKindV1,
+    }
+
+    /// What happened to a listing, at schema version 1.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    pub enum ListingEventKindV1 {
+        /// A new listing was drafted.
+        ListingCreated {
+            /// Its title.
+            title: String,
+            /// Its asking price, in VND.
+            price: u64,
+            /// The district it is in.
+            district: String,
+        },
+        /// The asking price changed.
+        ListingPriceChanged {
+            /// The new price.
+            price: u64,
+        },
+        /// A draft listing went live.
+        ListingPublished,
+        /// The listing was taken off the market for good.
+        ListingArchived,
+        /// Someone asked about a published listing.
+        InquiryReceived {
+            /// The inquiry's id.
+            inquiry_id: String,
+        },
+    }
+
+    impl From<ListingEventKindV1> for ListingEventKind {
+        /// The same event at version 2: a version-1 price is an amount in VND.
+        fn from(old: ListingEventKindV1) -> Self {
+            match old {
+                ListingEventKindV1::ListingCreated { title, price, district } => {
+                    Self::ListingCreated { title, price: Money::from(price), district }
+                }
+                ListingEventKindV1::ListingPriceChanged { price } => Self::ListingPriceChanged { price },
+                ListingEventKindV1::ListingPublished => Self::ListingPublished,
+                ListingEventKindV1::ListingArchived => Self::ListingArchived,
+                ListingEventKindV1::InquiryReceived { inquiry_id } => Self::InquiryReceived { inquiry_id },
+            }
+        }
+    }
+
+    impl From<ListingEventV1> for ListingEvent {
+        /// The same event at version 2, with its id, aggregate and time unchanged.
+        fn from(old: ListingEventV1) -> Self {
+            Self {
+                event_id: old.event_id,
+                aggregate_id: old.aggregate_id,
+                occurred_at: old.occurred_at,
+                kind: old.kind.into(),
+            }
         }
     }
 }

@@ -11,15 +11,17 @@ use std::fmt;
 /// What became of one well-formed event, in the contract's order of precedence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The same event (same id, same event as parsed) was already applied: no effect.
+    /// The same event (same id, same event as parsed and normalised) was already applied:
+    /// no effect.
     Duplicate,
-    /// Another event with the same id was already applied: no effect.
+    /// The first delivery of this id (applied or rejected) had another payload: no effect.
     Conflict {
         /// The shared event id.
         event_id: String,
     },
-    /// The business rules refused it: no effect, and it is not remembered, so a
-    /// re-delivery is tried again.
+    /// The business rules refused it: no effect. Its payload is now the id's, so a
+    /// re-delivery of the same event is tried again and one of another payload is a
+    /// conflict.
     Rejected(Rejection),
     /// It was applied to every read model.
     Applied,
@@ -30,7 +32,7 @@ impl fmt::Display for Outcome {
         match self {
             Self::Duplicate => f.write_str("a duplicate of an applied event, skipped"),
             Self::Conflict { event_id } => {
-                write!(f, "a conflict: event id {event_id} was already applied with another payload")
+                write!(f, "a conflict: event id {event_id} was first delivered with another payload")
             }
             Self::Rejected(reason) => write!(f, "rejected: {reason}"),
             Self::Applied => f.write_str("applied"),
@@ -103,32 +105,54 @@ impl fmt::Display for Summary {
 }
 
 /// The reference model of the sample domain: folds events into both read models exactly
-/// as the contract says, deduplicating by event id.
+/// as the contract (version 2) says, deduplicating by event id.
 ///
 /// It is what tests, reconcilers and fuzz targets compare the engine against. It keeps
-/// every applied event (to tell a duplicate from a conflict) and counts what it saw in a
-/// [`Summary`].
+/// the payload that fixed each event id (the first well-formed delivery, applied or
+/// rejected) and whether it was applied, to tell a duplicate, a conflict and a retry
+/// apart, and counts what it saw in a [`Summary`].
+///
+/// [`ListingModel::apply`] judges deliveries, as ingestion does; [`ListingModel::replay`]
+/// folds a journal, which holds only the deliveries an engine accepted.
 ///
 /// ```
-/// use driftless_listings::{ListingEvent, ListingEventKind, ListingModel, Outcome};
+/// use driftless_listings::{Currency, ListingEvent, ListingEventKind, ListingModel, Money, Outcome};
 ///
 /// let mut model = ListingModel::new();
 /// let created = ListingEvent::new(
 ///     "l-1",
 ///     1,
-///     ListingEventKind::ListingCreated { title: "Loft".into(), price: 100, district: "Mitte".into() },
+///     ListingEventKind::ListingCreated {
+///         title: "Loft".into(),
+///         price: Money::new(100, Currency::EUR),
+///         district: "Mitte".into(),
+///     },
 /// );
 /// assert_eq!(model.apply(&created), Outcome::Applied);
 /// assert_eq!(model.apply(&created), Outcome::Duplicate);
-/// assert_eq!(model.card("l-1").map(|c| c.version), Some(1));
+/// assert_eq!(model.card("l-1").map(|c| (c.version, c.currency)), Some((1, Currency::EUR)));
 /// assert_eq!(model.district("Mitte").map(|d| d.listings), Some(1));
+///
+/// // A rejected delivery fixes its id's payload too.
+/// let early = ListingEvent::new("l-2", 5, ListingEventKind::ListingPublished).with_event_id("p-2");
+/// assert!(matches!(model.apply(&early), Outcome::Rejected(_)));
+/// let other = ListingEvent::new("l-2", 6, ListingEventKind::ListingArchived).with_event_id("p-2");
+/// assert_eq!(model.apply(&other), Outcome::Conflict { event_id: "p-2".into() });
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ListingModel {
     cards: BTreeMap<String, ListingCard>,
     stats: BTreeMap<String, DistrictStats>,
-    applied: HashMap<String, ListingEvent>,
+    /// By event id: the payload that fixed it, and whether it was applied.
+    seen: HashMap<String, Seen>,
     summary: Summary,
+}
+
+/// The payload that fixed an event id, and whether it was applied.
+#[derive(Debug, Clone)]
+struct Seen {
+    event: ListingEvent,
+    applied: bool,
 }
 
 /// Another name for [`ListingModel`]: the fold of the contract.
@@ -141,21 +165,55 @@ impl ListingModel {
         Self::default()
     }
 
-    /// Applies one event: duplicate, conflict, rejected or applied, in that order.
+    /// Applies one delivered event: duplicate, conflict, rejected or applied, in that
+    /// order.
+    ///
+    /// The first delivery of an event id, applied or rejected, fixes its payload. A later
+    /// delivery of the same event is a duplicate if that id was applied and is tried again
+    /// if it was rejected; one of another payload is a conflict either way.
     pub fn apply(&mut self, event: &ListingEvent) -> Outcome {
-        let outcome = self.decide_and_apply(event);
+        let outcome = match self.seen.get(&event.event_id) {
+            Some(seen) if seen.event != *event => Outcome::Conflict { event_id: event.event_id.clone() },
+            Some(seen) if seen.applied => Outcome::Duplicate,
+            _ => self.try_rules(event),
+        };
+        let applied = outcome == Outcome::Applied;
+        match self.seen.get_mut(&event.event_id) {
+            Some(seen) => seen.applied |= applied,
+            None => {
+                self.seen.insert(event.event_id.clone(), Seen { event: event.clone(), applied });
+            }
+        }
         self.summary.record(&outcome);
         outcome
     }
 
-    fn decide_and_apply(&mut self, event: &ListingEvent) -> Outcome {
-        if let Some(earlier) = self.applied.get(&event.event_id) {
-            return if earlier == event {
-                Outcome::Duplicate
-            } else {
-                Outcome::Conflict { event_id: event.event_id.clone() }
-            };
+    /// Folds one event as a journal holds it, in journal order: a duplicate if its id was
+    /// applied with the same payload, a conflict if it was applied with another; otherwise
+    /// it is tried against the rules.
+    ///
+    /// A journal holds only what an engine accepted, never a conflict, so for a journal
+    /// written under contract version 2 this gives what [`ListingModel::apply`] gave when
+    /// the events were delivered. It also refolds a journal written under version 1, whose
+    /// release let a payload that was rejected first be followed by another, applied,
+    /// under the same id: that outcome stands, as the upgraded database keeps it.
+    pub fn replay(&mut self, event: &ListingEvent) -> Outcome {
+        let outcome = match self.seen.get(&event.event_id) {
+            Some(seen) if seen.applied && seen.event == *event => Outcome::Duplicate,
+            Some(seen) if seen.applied => Outcome::Conflict { event_id: event.event_id.clone() },
+            _ => self.try_rules(event),
+        };
+        if outcome == Outcome::Applied {
+            self.seen.insert(event.event_id.clone(), Seen { event: event.clone(), applied: true });
+        } else if !self.seen.contains_key(&event.event_id) {
+            self.seen.insert(event.event_id.clone(), Seen { event: event.clone(), applied: false });
         }
+        self.summary.record(&outcome);
+        outcome
+    }
+
+    /// The business rules and their effect on both read models: `Applied` or `Rejected`.
+    fn try_rules(&mut self, event: &ListingEvent) -> Outcome {
         let id = &event.aggregate_id;
         let card = self.cards.get(id);
         let effect = match decide(id, card.map(|c| c.status), &event.kind) {
@@ -173,7 +231,6 @@ impl ListingModel {
             effect.apply_to_stats(stats);
         }
         self.cards.insert(id.clone(), card);
-        self.applied.insert(event.event_id.clone(), event.clone());
         Outcome::Applied
     }
 
@@ -241,12 +298,19 @@ impl ListingModel {
     /// The applied event with this id, if any.
     #[must_use]
     pub fn applied_event(&self, event_id: &str) -> Option<&ListingEvent> {
-        self.applied.get(event_id)
+        self.seen.get(event_id).filter(|seen| seen.applied).map(|seen| &seen.event)
+    }
+
+    /// The payload that fixed this event id, applied or rejected, if it was delivered.
+    #[must_use]
+    pub fn accepted_event(&self, event_id: &str) -> Option<&ListingEvent> {
+        self.seen.get(event_id).map(|seen| &seen.event)
     }
 }
 
-/// Refolds one listing's card from its own events (in journal order), deduplicating by
-/// event id, as a reconciler does to check a stored `listing_card` row.
+/// Refolds one listing's card from its own journal entries (in journal order) with
+/// [`ListingModel::replay`], deduplicating by event id, as a reconciler does to check a
+/// stored `listing_card` row.
 ///
 /// The listing is the aggregate of the first event; events of other aggregates are
 /// ignored. `None` when no `ListingCreated` of it is applied. The result equals the card
@@ -257,7 +321,7 @@ impl ListingModel {
 /// use driftless_listings::{fold_listing, ListingEvent, ListingEventKind, ListingStatus};
 ///
 /// let events = [
-///     ListingEvent::new("l-1", 1, ListingEventKind::ListingCreated { title: "Loft".into(), price: 5, district: "Mitte".into() }),
+///     ListingEvent::new("l-1", 1, ListingEventKind::ListingCreated { title: "Loft".into(), price: 5.into(), district: "Mitte".into() }),
 ///     ListingEvent::new("l-1", 2, ListingEventKind::ListingPublished),
 ///     ListingEvent::new("l-1", 2, ListingEventKind::ListingPublished),
 /// ];
@@ -269,7 +333,7 @@ pub fn fold_listing(events: &[ListingEvent]) -> Option<ListingCard> {
     let listing_id = &events.first()?.aggregate_id;
     let mut model = ListingModel::new();
     for event in events.iter().filter(|e| &e.aggregate_id == listing_id) {
-        model.apply(event);
+        model.replay(event);
     }
     model.cards.remove(listing_id)
 }

@@ -1,13 +1,17 @@
 //! A deterministic, realistic event stream for demos, benchmarks and tests.
 
-use crate::event::{ListingEvent, ListingEventKind, MAX_SAFE_INTEGER};
+use crate::event::{Currency, ListingEvent, ListingEventKind, Money, MAX_SAFE_INTEGER};
 use crate::model::ListingStatus;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
 
 /// The first `occurred_at` of a generated stream (2023-11-14, in Unix milliseconds).
 pub const GENERATED_START_MILLIS: u64 = 1_700_000_000_000;
+
+/// Mixed into the seed of the generator's second random stream (how events look).
+const STYLE_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The shape of a generated stream.
 ///
@@ -108,8 +112,10 @@ fn district_name(index: usize) -> String {
 /// One generated line before it is rendered.
 #[derive(Debug, Clone)]
 enum Line {
-    /// A well-formed event; `explicit_id` says whether the line carries its event id.
-    Event { event: ListingEvent, explicit_id: bool },
+    /// A well-formed event; `explicit_id` says whether the line carries its event id, and
+    /// `price_object` whether a VND price is written as an object (other currencies always
+    /// are).
+    Event { event: ListingEvent, explicit_id: bool, price_object: bool },
     /// A malformed line.
     Invalid(String),
 }
@@ -117,8 +123,25 @@ enum Line {
 impl Line {
     fn render(&self) -> String {
         match self {
-            Line::Event { event, explicit_id: true } => event.to_json_line(),
-            Line::Event { event, explicit_id: false } => event.to_json_line_compact(),
+            Line::Event { event, explicit_id, price_object } => {
+                let plain = || if *explicit_id { event.to_json_line() } else { event.to_json_line_compact() };
+                let ListingEventKind::ListingCreated { price, .. } = &event.kind else { return plain() };
+                if !*price_object || price.currency != Currency::VND {
+                    return plain();
+                }
+                let mut value = event.to_json();
+                if let Value::Object(line) = &mut value {
+                    if !*explicit_id && event.has_default_id() {
+                        line.remove("event_id");
+                    }
+                    if let Some(Value::Object(payload)) = line.get_mut("payload") {
+                        let object =
+                            serde_json::json!({"amount": price.amount, "currency": price.currency.as_str()});
+                        payload.insert("price".into(), object);
+                    }
+                }
+                value.to_string()
+            }
             Line::Invalid(text) => text.clone(),
         }
     }
@@ -132,6 +155,9 @@ struct Listing {
 
 struct Generator {
     rng: ChaCha8Rng,
+    /// Draws how events look rather than what happens (currencies, the form of a VND
+    /// price), apart from `rng`, so that they leave the stream's story as it was.
+    style: ChaCha8Rng,
     now: u64,
     inquiries: u64,
     listings: Vec<Listing>,
@@ -178,13 +204,19 @@ impl Generator {
         let adjective = ADJECTIVES.choose(&mut self.rng).copied().unwrap_or("Bright");
         let kind = KINDS.choose(&mut self.rng).copied().unwrap_or("flat");
         let title = format!("{adjective} {rooms}-room {kind}");
-        let price = rooms * self.rng.random_range(60..=180u64) * 1_000;
+        let amount = rooms * self.rng.random_range(60..=180u64) * 1_000;
+        let currency = match self.style.random::<f64>() {
+            r if r < 0.2 => Currency::EUR,
+            r if r < 0.3 => Currency::USD,
+            _ => Currency::VND,
+        };
         // Some drafts are abandoned: nothing more ever happens to them.
         if self.live.is_empty() || !self.chance(0.08) {
             self.live.push(self.listings.len());
         }
-        self.listings.push(Listing { id: id.clone(), status: ListingStatus::Draft, price });
+        self.listings.push(Listing { id: id.clone(), status: ListingStatus::Draft, price: amount });
         let at = self.tick();
+        let price = Money::new(amount, currency);
         ListingEvent::new(id, at, ListingEventKind::ListingCreated { title, price, district })
     }
 
@@ -265,13 +297,20 @@ impl Generator {
     }
 }
 
-/// A conflicting twin of an applied event: same id, another payload. `None` for events
-/// without a payload (their twin would be the same event).
-fn conflicting(event: &ListingEvent, bump: u64) -> Option<ListingEvent> {
+/// A conflicting twin of an applied event: same id, another payload (for a creation, with
+/// `other_currency`, the same amount in another currency). `None` for events without a
+/// payload (their twin would be the same event).
+fn conflicting(event: &ListingEvent, bump: u64, other_currency: bool) -> Option<ListingEvent> {
     let kind = match &event.kind {
         ListingEventKind::ListingCreated { title, price, district } => ListingEventKind::ListingCreated {
             title: title.clone(),
-            price: price.saturating_add(bump).min(MAX_SAFE_INTEGER),
+            price: match (other_currency, price.currency) {
+                (true, Currency::VND) => Money::new(price.amount, Currency::EUR),
+                (true, _) => Money::new(price.amount, Currency::VND),
+                (false, _) => {
+                    Money::new(price.amount.saturating_add(bump).min(MAX_SAFE_INTEGER), price.currency)
+                }
+            },
             district: district.clone(),
         },
         ListingEventKind::ListingPriceChanged { price } => {
@@ -292,6 +331,7 @@ fn build(config: GenConfig) -> Vec<Line> {
     let events = config.events;
     let mut g = Generator {
         rng: ChaCha8Rng::seed_from_u64(config.seed),
+        style: ChaCha8Rng::seed_from_u64(config.seed ^ STYLE_SEED),
         now: GENERATED_START_MILLIS,
         inquiries: 0,
         listings: Vec::new(),
@@ -343,18 +383,23 @@ fn build(config: GenConfig) -> Vec<Line> {
         let Some(event) = base.get(original).cloned() else { continue };
         let position = g.rng.random_range(original + 1..=n);
         let explicit_id = g.chance(0.5);
+        let price_object = g.style.random_bool(0.5);
         if let Some(bucket) = extras.get_mut(position) {
-            bucket.push(Line::Event { event, explicit_id });
+            bucket.push(Line::Event { event, explicit_id, price_object });
         }
     }
     for _ in 0..config.conflicts {
         let Some(&original) = applied_with_payload.choose(&mut g.rng) else { break };
         let bump = g.rng.random_range(1..=50u64) * 1_000;
-        let Some(twin) = base.get(original).and_then(|e| conflicting(e, bump)) else { continue };
+        let other_currency = g.style.random_bool(0.3);
+        let Some(twin) = base.get(original).and_then(|e| conflicting(e, bump, other_currency)) else {
+            continue;
+        };
         let position = g.rng.random_range(original + 1..=n);
         let explicit_id = g.chance(0.5);
+        let price_object = g.style.random_bool(0.5);
         if let Some(bucket) = extras.get_mut(position) {
-            bucket.push(Line::Event { event: twin, explicit_id });
+            bucket.push(Line::Event { event: twin, explicit_id, price_object });
         }
     }
     for _ in 0..config.invalid_lines {
@@ -371,7 +416,8 @@ fn build(config: GenConfig) -> Vec<Line> {
     for event in base {
         lines.extend(extras.next().unwrap_or_default());
         let explicit_id = g.chance(0.5);
-        lines.push(Line::Event { event, explicit_id });
+        let price_object = g.style.random_bool(0.25);
+        lines.push(Line::Event { event, explicit_id, price_object });
     }
     lines.extend(extras.flatten());
     lines
@@ -384,7 +430,10 @@ fn build(config: GenConfig) -> Vec<Line> {
 /// archived meanwhile, which the rules reject. Times start at
 /// [`GENERATED_START_MILLIS`] and grow by 1 to 5 ms per event, so no two distinct events
 /// share a default id; event ids are the default ones, written out on about half the
-/// lines. Districts are Berlin's (`Mitte`, `Kreuzberg`, `Neukölln`, ...), numbered
+/// lines. About 70 % of listings are priced in `VND`, 20 % in `EUR` and 10 % in `USD`;
+/// prices in `EUR` and `USD` are written as objects `{"amount", "currency"}`, those in
+/// `VND` mostly as bare integers and otherwise as objects (the same event either way).
+/// Some conflicting lines give a creation's amount in another currency. Districts are Berlin's (`Mitte`, `Kreuzberg`, `Neukölln`, ...), numbered
 /// (`Mitte 2`) past the 24 real ones.
 ///
 /// ```

@@ -31,44 +31,58 @@
 //!
 //! | event | payload |
 //! |---|---|
-//! | `ListingCreated` | `title`: string 1..=200 characters; `price`: integer 0..=2^53-1; `district`: string 1..=100 characters |
-//! | `ListingPriceChanged` | `price`: integer 0..=2^53-1 |
+//! | `ListingCreated` | `title`: string 1..=200 characters; `price`: integer 0..=2^53-1 (an amount in `VND`) or object `{"amount": integer 0..=2^53-1, "currency": 3 ASCII uppercase letters}`; `district`: string 1..=100 characters |
+//! | `ListingPriceChanged` | `price`: integer 0..=2^53-1, the new amount in the listing's currency |
 //! | `ListingPublished` | none |
 //! | `ListingArchived` | none |
 //! | `InquiryReceived` | `inquiry_id`: string 1..=128 bytes |
 //!
-//! Unknown fields, at the top level or in a payload, are ignored (forward compatibility).
-//! Anything else — bad JSON, a missing or wrongly typed field, an unknown event name, a
-//! value out of range, an empty line — is *malformed*: [`parse_line`] says exactly what is
-//! wrong ([`MalformedLine`]), nothing of the line is applied, and ingestion goes on.
+//! Unknown fields, at the top level, in a payload or in a price object, are ignored
+//! (forward compatibility). Anything else — bad JSON, a missing or wrongly typed field, an
+//! unknown event name, a value out of range, a price of another shape, a currency that is
+//! not 3 ASCII uppercase letters, an empty line — is *malformed*: [`parse_line`] says
+//! exactly what is wrong ([`MalformedLine`]), nothing of the line is applied, and
+//! ingestion goes on.
 //!
 //! The event id is always stored in the event: an absent one is derived, so a line with an
-//! explicit id equal to the default and a line without one are the same event. The serde
-//! form of [`ListingEvent`] is its stable encoding, over which driftless computes the
-//! payload hash; it holds the event as parsed, so key order, white space and ignored
-//! fields never make two deliveries differ.
+//! explicit id equal to the default and a line without one are the same event. A price is
+//! parsed into [`Money`] (an amount and a [`Currency`]), so `"price": 5` and
+//! `"price": {"amount": 5, "currency": "VND"}` are the same event. The serde form of
+//! [`ListingEvent`] is its stable encoding, over which driftless computes the payload
+//! hash; it holds the event as parsed and normalised, so key order, white space, ignored
+//! fields and the form of a VND price never make two deliveries differ.
+//!
+//! ## Schema versions
+//!
+//! This is version 2 of the contract, and of [`ListingEvent`]'s stable encoding
+//! (`SCHEMA_VERSION = 2`): version 1 had a bare integer price. A database written under
+//! version 1 keeps working: its journal entries are read as [`v1::ListingEventV1`] and
+//! upcast with their price in `VND` ([`embed::upcasters`], which [`embed::engine_builder`]
+//! registers), and `listing_card`, whose rows gained `currency`, is rebuilt from the
+//! journal when the database opens.
 //!
 //! ## What happens to each event
 //!
-//! In file order, each well-formed event is, in this order of precedence:
+//! The first well-formed delivery of an event id — applied *or* rejected — fixes its
+//! payload. In file order, each well-formed event is, in this order of precedence:
 //!
 //! 1. a **duplicate** if an event with the same id and the same content was already
 //!    *applied* — skipped;
-//! 2. a **conflict** if another event with the same id was already applied — skipped and
-//!    reported with the id;
+//! 2. a **conflict** if the first delivery of its id had another payload, whether that
+//!    delivery was applied or rejected — skipped and reported with the id;
 //! 3. **rejected** if the business rules refuse it in the current state — no effect on any
 //!    read model, kept as a dead letter with the reason; it was never applied, so a
-//!    re-delivery is tried again;
+//!    re-delivery of the same event is tried again;
 //! 4. **applied** otherwise.
 //!
-//! The engine does the first two (offsets keyed by event id and handler, compared by
-//! payload hash); projectors never deduplicate. The rules, shared by every consumer
+//! The engine does the first two (it records the first accepted payload of every event id
+//! and compares payload hashes); projectors never deduplicate. The rules, shared by every consumer
 //! through [`decide`] (a listing is *missing* until its `ListingCreated` is applied):
 //!
 //! | event | rejected when | `listing_card` | `district_stats[district]` |
 //! |---|---|---|---|
-//! | `ListingCreated` | listing exists | new row: title, price, district, status `draft`, inquiries 0, version 1 | `listings` += 1 |
-//! | `ListingPriceChanged` | missing, or `archived` | price := new; version += 1 | — |
+//! | `ListingCreated` | listing exists | new row: title, price (amount), currency, district, status `draft`, inquiries 0, version 1 | `listings` += 1 |
+//! | `ListingPriceChanged` | missing, or `archived` | price := new amount (currency unchanged); version += 1 | — |
 //! | `ListingPublished` | missing, or status is not `draft` | status := `published`; version += 1 | `published` += 1 |
 //! | `ListingArchived` | missing, or `archived` | status := `archived`; version += 1 | `published` -= 1 if it was published |
 //! | `InquiryReceived` | missing, or status is not `published` | inquiries += 1; version += 1 | `inquiries` += 1 |
@@ -76,7 +90,8 @@
 //! ## The read models
 //!
 //! * `listing_card` ([`LISTING_CARD`]), keyed by listing id, rows [`ListingCard`]:
-//!   `{"listing_id", "title", "price", "district", "status", "inquiries", "version"}`.
+//!   `{"listing_id", "title", "price", "currency", "district", "status", "inquiries", "version"}`
+//!   (`price` is the integer amount, `currency` its 3-letter code).
 //! * `district_stats` ([`DISTRICT_STATS`]), keyed by district, rows [`DistrictStats`]:
 //!   `{"district", "listings", "published", "inquiries"}`.
 //! * `district_leaderboard` ([`DISTRICT_LEADERBOARD`]), a *materialized view* rebuilt
@@ -98,7 +113,7 @@
 //!
 //! let lines = [
 //!     r#"{"aggregate_id":"listing-1","event":"ListingCreated","occurred_at":1700000000000,
-//!        "payload":{"title":"Bright 2-room flat","price":420000,"district":"Neukölln"}}"#,
+//!        "payload":{"title":"Bright 2-room flat","price":{"amount":420000,"currency":"EUR"},"district":"Neukölln"}}"#,
 //!     r#"{"event":"ListingPublished","aggregate_id":"listing-1","occurred_at":1700000000005,"payload":{}}"#,
 //!     r#"{"aggregate_id":"listing-1","event":"InquiryReceived","occurred_at":1700000000009,
 //!        "payload":{"inquiry_id":"q-1","channel":"web"}}"#,
@@ -118,7 +133,7 @@
 //! assert_eq!(
 //!     card.to_json(),
 //!     serde_json::json!({"listing_id": "listing-1", "title": "Bright 2-room flat", "price": 420000,
-//!         "district": "Neukölln", "status": "published", "inquiries": 1, "version": 3})
+//!         "currency": "EUR", "district": "Neukölln", "status": "published", "inquiries": 1, "version": 3})
 //! );
 //! let stats = model.district("Neukölln").cloned().ok_or("no stats")?;
 //! assert_eq!((stats.listings, stats.published, stats.inquiries), (1, 1, 1));
@@ -171,7 +186,10 @@ mod projectors;
 mod tests;
 
 pub use embed::{engine_builder, reconcilers};
-pub use event::{default_event_id, ListingEvent, ListingEventKind, MAX_SAFE_INTEGER};
+pub use event::v1;
+pub use event::{
+    default_event_id, Currency, CurrencyError, ListingEvent, ListingEventKind, Money, MAX_SAFE_INTEGER,
+};
 pub use fold::{fold_listing, Fold, ListingModel, Outcome, Summary};
 pub use generate::{generate, generate_events, GenConfig, GENERATED_START_MILLIS};
 pub use leaderboard::{leaderboard, LeaderboardRow, DISTRICT_LEADERBOARD};

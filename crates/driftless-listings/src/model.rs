@@ -1,6 +1,6 @@
 //! The read models, their tables, and the business rules every consumer shares.
 
-use crate::event::ListingEventKind;
+use crate::event::{Currency, ListingEventKind, Money};
 use driftless_domain::TableDef;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -43,8 +43,11 @@ pub struct ListingCard {
     pub listing_id: String,
     /// Its title.
     pub title: String,
-    /// Its current price.
+    /// Its current price: the amount, in `currency`.
     pub price: u64,
+    /// The currency of its price, fixed by its `ListingCreated` (`VND` for a price written
+    /// as a bare integer).
+    pub currency: Currency,
     /// Its district.
     pub district: String,
     /// Its status.
@@ -57,13 +60,14 @@ pub struct ListingCard {
 
 impl ListingCard {
     /// The row as a JSON object with exactly the fields `listing_id`, `title`, `price`,
-    /// `district`, `status`, `inquiries` and `version`.
+    /// `currency`, `district`, `status`, `inquiries` and `version`.
     #[must_use]
     pub fn to_json(&self) -> Value {
         let mut row = Map::new();
         row.insert("listing_id".into(), Value::from(self.listing_id.as_str()));
         row.insert("title".into(), Value::from(self.title.as_str()));
         row.insert("price".into(), Value::from(self.price));
+        row.insert("currency".into(), Value::from(self.currency.as_str()));
         row.insert("district".into(), Value::from(self.district.as_str()));
         row.insert("status".into(), Value::from(self.status.as_str()));
         row.insert("inquiries".into(), Value::from(self.inquiries));
@@ -119,7 +123,12 @@ pub struct ListingMembership {
 }
 
 /// The `listing_card` read model, keyed by listing id.
-pub const LISTING_CARD: TableDef<String, ListingCard> = TableDef::new("listing_card", 1);
+///
+/// Version 2: rows gained `currency` (contract version 2). [`Currency`] checks what it
+/// reads, so the row's shape alone may not tell a database that the rows changed; the
+/// raised version does, and a database written with version 1 rows rebuilds
+/// `listing_card` from its journal when it opens.
+pub const LISTING_CARD: TableDef<String, ListingCard> = TableDef::new("listing_card", 2);
 /// The `district_stats` read model, keyed by district name.
 pub const DISTRICT_STATS: TableDef<String, DistrictStats> = TableDef::new("district_stats", 1);
 /// The district projector's helper table: each listing's district and status, keyed by
@@ -185,14 +194,14 @@ pub enum Effect<'e> {
     Create {
         /// Its title.
         title: &'e str,
-        /// Its price.
-        price: u64,
+        /// Its price, with its currency.
+        price: Money,
         /// Its district.
         district: &'e str,
     },
     /// The price changes.
     ChangePrice {
-        /// The new price.
+        /// The new amount, in the listing's currency.
         price: u64,
     },
     /// The draft goes live.
@@ -267,7 +276,8 @@ impl Effect<'_> {
             return Some(ListingCard {
                 listing_id: listing_id.to_owned(),
                 title: title.to_owned(),
-                price,
+                price: price.amount,
+                currency: price.currency,
                 district: district.to_owned(),
                 status: ListingStatus::Draft,
                 inquiries: 0,

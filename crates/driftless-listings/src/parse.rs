@@ -1,7 +1,7 @@
 //! Reading event lines: one JSON object per line, validated by hand so that every refusal
 //! says exactly what was wrong.
 
-use crate::event::{default_event_id, ListingEvent, ListingEventKind, MAX_SAFE_INTEGER};
+use crate::event::{default_event_id, Currency, ListingEvent, ListingEventKind, Money, MAX_SAFE_INTEGER};
 use serde_json::{Map, Number, Value};
 use std::io::{self, BufRead};
 
@@ -118,6 +118,14 @@ pub enum MalformedLine {
         /// The most allowed.
         max: usize,
     },
+    /// A currency is not exactly 3 ASCII uppercase letters.
+    #[error("the field `{field}` is {value:?}, but a currency must be exactly 3 ASCII uppercase letters, such as EUR")]
+    BadCurrency {
+        /// The field's path.
+        field: &'static str,
+        /// The value found.
+        value: String,
+    },
     /// An integer field is negative or larger than [`MAX_SAFE_INTEGER`].
     #[error("the field `{field}` is {value}, outside the allowed range 0 to {max}")]
     OutOfRange {
@@ -219,6 +227,35 @@ fn check_integer(number: &Number, path: &'static str) -> Result<u64, MalformedLi
     }
 }
 
+/// What a `ListingCreated` price must be, for [`MalformedLine::WrongType`].
+const PRICE_SHAPES: &str = r#"an integer or an object {"amount": integer, "currency": "EUR"}"#;
+
+/// `ListingCreated`'s price: a bare integer (an amount in VND) or an object
+/// `{"amount", "currency"}` (other fields of the object are ignored).
+fn money(payload: &Map<String, Value>) -> Result<Money, MalformedLine> {
+    const PATH: &str = "payload.price";
+    match field(payload, "price", PATH)? {
+        Value::Number(number) => Ok(Money::from(check_integer(number, PATH)?)),
+        Value::Object(object) => {
+            let amount = integer(object, "amount", "payload.price.amount")?;
+            let currency_value = field(object, "currency", "payload.price.currency")?;
+            let Value::String(code) = currency_value else {
+                return Err(MalformedLine::WrongType {
+                    field: "payload.price.currency",
+                    expected: "a string",
+                    found: kind_of(currency_value),
+                });
+            };
+            let currency = Currency::new(code).map_err(|_| MalformedLine::BadCurrency {
+                field: "payload.price.currency",
+                value: code.clone(),
+            })?;
+            Ok(Money::new(amount, currency))
+        }
+        other => Err(MalformedLine::WrongType { field: PATH, expected: PRICE_SHAPES, found: kind_of(other) }),
+    }
+}
+
 fn bad_json(error: &serde_json::Error) -> MalformedLine {
     let text = error.to_string();
     let message = match text.rsplit_once(" at line ") {
@@ -230,8 +267,10 @@ fn bad_json(error: &serde_json::Error) -> MalformedLine {
 
 /// Parses one event line.
 ///
-/// Unknown fields, at the top level or in the payload, are ignored. An `event_id` of
-/// `null` counts as absent. A UTF-8 byte-order mark at the start of the line is skipped.
+/// Unknown fields, at the top level, in the payload or in a price object, are ignored. An
+/// `event_id` of `null` counts as absent. A UTF-8 byte-order mark at the start of the line
+/// is skipped. `ListingCreated`'s price is a bare integer (an amount in VND) or an object
+/// `{"amount": integer, "currency": "EUR"}`; both forms of a VND price give the same event.
 ///
 /// # Errors
 /// [`MalformedLine`] saying exactly what is wrong: the line is empty, not JSON, not an
@@ -239,7 +278,7 @@ fn bad_json(error: &serde_json::Error) -> MalformedLine {
 /// unknown event.
 ///
 /// ```
-/// use driftless_listings::{parse_line, ListingEventKind};
+/// use driftless_listings::{parse_line, Currency, ListingEventKind, Money};
 ///
 /// let e = parse_line(r#"{"aggregate_id":"l-1","event":"ListingPriceChanged","occurred_at":5,"payload":{"price":90}}"#)?;
 /// assert_eq!(e.kind, ListingEventKind::ListingPriceChanged { price: 90 });
@@ -247,6 +286,19 @@ fn bad_json(error: &serde_json::Error) -> MalformedLine {
 ///
 /// let err = parse_line(r#"{"aggregate_id":"l-1","event":"ListingPriceChanged","occurred_at":5,"payload":{}}"#);
 /// assert_eq!(err.map_err(|e| e.to_string()), Err("the required field `payload.price` is missing".to_owned()));
+///
+/// let created = |price: &str| {
+///     parse_line(&format!(
+///         r#"{{"aggregate_id":"l-1","event":"ListingCreated","occurred_at":1,"payload":{{"title":"Loft","price":{price},"district":"Mitte"}}}}"#
+///     ))
+/// };
+/// let euros = created(r#"{"amount":5,"currency":"EUR","note":"ignored"}"#)?;
+/// assert!(matches!(euros.kind, ListingEventKind::ListingCreated { price, .. } if price == Money::new(5, Currency::EUR)));
+/// assert_eq!(created("5")?, created(r#"{"amount":5,"currency":"VND"}"#)?);
+/// assert_eq!(
+///     created(r#"{"amount":5,"currency":"eur"}"#).map_err(|e| e.to_string()).err().as_deref(),
+///     Some("the field `payload.price.currency` is \"eur\", but a currency must be exactly 3 ASCII uppercase letters, such as EUR")
+/// );
 /// # Ok::<(), driftless_listings::MalformedLine>(())
 /// ```
 pub fn parse_line(line: &str) -> Result<ListingEvent, MalformedLine> {
@@ -306,7 +358,7 @@ pub fn parse_object(object: &Map<String, Value>) -> Result<ListingEvent, Malform
         "ListingCreated" => ListingEventKind::ListingCreated {
             title: string(payload, "title", "payload.title", limits::TITLE_CHARS, LengthUnit::Characters)?
                 .to_owned(),
-            price: integer(payload, "price", "payload.price")?,
+            price: money(payload)?,
             district: string(
                 payload,
                 "district",
