@@ -33,3 +33,4 @@ mod corruption_campaign;
 mod engine;
 mod reliability;
 mod storage;
+mod upgrade;

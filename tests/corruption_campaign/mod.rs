@@ -31,7 +31,6 @@
 //! each case and panic as it happens and `DRIFTLESS_CAMPAIGN_BACKTRACE=1` adds where each
 //! panic came from.
 
-mod compat;
 mod damage;
 mod fixture;
 

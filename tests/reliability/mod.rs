@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 pub(crate) use crate::TestResult;
 
-mod disk;
+pub(crate) mod disk;
 mod io_errors;
 mod kill;
 mod power_loss;

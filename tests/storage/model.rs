@@ -127,6 +127,9 @@ struct Model {
     /// counts; any other is a conflict.
     accepted: BTreeMap<String, PayloadHash>,
     handlers: BTreeMap<String, HandlerState>,
+    /// During a rebuild, the rebuilt handler's dead letters from before it: one the replay
+    /// records again keeps its attempts and times.
+    prior_dead: BTreeMap<(String, String), ModelDead>,
 }
 
 fn handler(name: &str) -> Result<HandlerName, TestError> {
@@ -171,6 +174,14 @@ impl Model {
         }
         if !healed && ev.event.fails_for(h) {
             let reason = if h == LOG { panic_reason(id) } else { refusal(h, id) };
+            if let Some(earlier) = self.prior_dead.get(&key) {
+                let mut letter = earlier.clone();
+                letter.event = ev.clone();
+                letter.reason.clone_from(&reason);
+                letter.position = position;
+                self.dead.insert(key, letter);
+                return Ok(HandlerOutcome::DeadLettered { reason });
+            }
             let letter = self.dead.entry(key).or_insert_with(|| ModelDead {
                 event: ev.clone(),
                 reason: String::new(),
@@ -321,12 +332,20 @@ impl Model {
         for id in kept.keys() {
             self.offsets.remove(&EventId::new(id.clone())?, &name);
         }
+        self.prior_dead = self
+            .dead
+            .iter()
+            .filter(|((owner, _), _)| owner == h)
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
         self.dead.retain(|(owner, _), _| owner != h);
         self.tables.clear(h);
         let state = self.state(h);
         state.applied = 0;
         state.seen = 0;
-        self.replay(h, 1, now, healed, &kept)
+        let replayed = self.replay(h, 1, now, healed, &kept);
+        self.prior_dead.clear();
+        replayed
     }
 }
 

@@ -13,8 +13,10 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// A currency: exactly 3 ASCII uppercase letters, such as `EUR` (an ISO 4217 code; the
 /// letters are checked, not the list of codes).
 ///
-/// Its serde form is the 3-letter string, in JSON and in the stable encoding alike, and
-/// reading one checks it, so a `Currency` always holds a valid code.
+/// Its serde form is the 3-letter string, in JSON and in the stable encoding alike. Reading
+/// JSON checks it. The stable encoding is read back as written, without the check: it was
+/// checked when the event was parsed, and a row or event type whose `Deserialize` accepts
+/// what it reads can be traced, so that a read model's fingerprint follows its shape.
 ///
 /// ```
 /// use driftless_listings::Currency;
@@ -105,7 +107,28 @@ impl<'de> Deserialize<'de> for Currency {
                 Currency::new(code).map_err(E::custom)
             }
         }
-        deserializer.deserialize_str(Code)
+        /// The stable encoding: the bytes as written (see the type's documentation).
+        struct Stored;
+        impl serde::de::Visitor<'_> for Stored {
+            type Value = Currency;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a currency code")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, code: &str) -> Result<Currency, E> {
+                let mut bytes = [b'?'; 3];
+                for (slot, b) in bytes.iter_mut().zip(code.bytes()) {
+                    *slot = b;
+                }
+                Ok(Currency(bytes))
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(Code)
+        } else {
+            deserializer.deserialize_str(Stored)
+        }
     }
 }
 

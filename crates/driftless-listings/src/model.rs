@@ -124,11 +124,10 @@ pub struct ListingMembership {
 
 /// The `listing_card` read model, keyed by listing id.
 ///
-/// Version 2: rows gained `currency` (contract version 2). [`Currency`] checks what it
-/// reads, so the row's shape alone may not tell a database that the rows changed; the
-/// raised version does, and a database written with version 1 rows rebuilds
-/// `listing_card` from its journal when it opens.
-pub const LISTING_CARD: TableDef<String, ListingCard> = TableDef::new("listing_card", 2);
+/// Its rows gained `currency` with contract version 2: the row type's shape changed, so
+/// its fingerprint did, and a database with rows of the old shape rebuilds `listing_card`
+/// from its journal when it opens.
+pub const LISTING_CARD: TableDef<String, ListingCard> = TableDef::new("listing_card", 1);
 /// The `district_stats` read model, keyed by district name.
 pub const DISTRICT_STATS: TableDef<String, DistrictStats> = TableDef::new("district_stats", 1);
 /// The district projector's helper table: each listing's district and status, keyed by

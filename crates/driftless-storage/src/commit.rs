@@ -17,7 +17,7 @@ use driftless_domain::{
     Timestamp, ViewError, WriteSet,
 };
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// What happened to one event for one handler.
@@ -313,6 +313,14 @@ struct Batch<'t, 'r, E> {
     /// The key of an index row this batch wrote, recorded as the index's probe (see
     /// `META_INDEX_PROBE`).
     probe: Option<Vec<u8>>,
+    /// In a rebuild, the first applied-at times of offsets the replay cleared and has not
+    /// applied again yet, by index key: an id whose first journal entry is rejected by the
+    /// replay and a later one applied keeps the time it was first applied at.
+    cleared_at: HashMap<Vec<u8>, u64>,
+    /// In a rebuild, the handler's dead letters from before it, by event id: one the
+    /// replay records again keeps its attempts and times (replaying history is not a new
+    /// attempt); one it does not record again is gone with the rebuild.
+    prior_dead: HashMap<String, DeadLetter>,
     ws: WriteSet,
     scratch: Vec<u8>,
     /// The index key of the event being looked up.
@@ -493,6 +501,8 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             rebuilding: None,
             new_schemas: Vec::new(),
             probe: None,
+            cleared_at: HashMap::new(),
+            prior_dead: HashMap::new(),
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
             key: Vec::with_capacity(64),
@@ -749,6 +759,11 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 before = Some(r.clone());
                 kept_at = Some(r.applied_at_of(slot));
                 r.clear(slot);
+                if let Some(at) = kept_at {
+                    self.cleared_at.insert(key.clone(), at);
+                }
+            } else if !r.has(slot) {
+                kept_at = self.cleared_at.get(&key).copied();
             }
         }
         let was_new = row.is_none();
@@ -867,6 +882,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 Ok(handled) => {
                     self.ws.keep_pending();
                     let at = kept_at.unwrap_or(self.now.0);
+                    if self.rebuilding == Some(h.slot) {
+                        self.cleared_at.remove(&key);
+                    }
                     if let Some(r) = row.as_mut() {
                         if r.is_empty() {
                             r.applied_at = at;
@@ -1048,6 +1066,26 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             }
         };
         let prior = self.load_dead(&name, ev.id.as_str())?;
+        // A rebuild replays history, which is no new attempt: a dead letter the handler had
+        // before keeps its attempts and times, with what the replay says of it now.
+        if let Some(earlier) = self.prior_dead.get(ev.id.as_str()) {
+            let mut letter = earlier.clone();
+            letter.reason = reason.to_string();
+            letter.position = position;
+            letter.body = body;
+            letter.event_name = facts.name.to_owned();
+            letter.schema_version = E::SCHEMA_VERSION;
+            if prior.is_none() {
+                if let Some(rec) = self.records.get_mut(k) {
+                    rec.dead_letters += 1;
+                }
+            }
+            if let Some(Some(filter)) = self.dead_filter.as_mut() {
+                filter.insert(dead_key_hash(&name, ev.id.as_str()));
+            }
+            self.dead_overlay.insert((name, ev.id.to_string()), Some(letter));
+            return Ok(());
+        }
         let letter = match prior {
             Some(mut d) => {
                 d.attempts = d.attempts.saturating_add(1);
@@ -1514,18 +1552,20 @@ impl Store {
             let f = |e: redb::TableError| self.fail(e);
             // Reset the handler: its dead letters and progress. Its bits in the index rows
             // are cleared as the replay meets them (see `Batch::process`).
+            // A dead letter the replay records again keeps its history (see `prior_dead`).
+            let mut prior_dead = HashMap::new();
             {
                 let mut dead = txn.open_table(DEAD_LETTERS).map_err(f)?;
-                let mut mine = Vec::new();
                 for item in dead.range::<(&str, &str)>((name, "")..).map_err(|e| self.fail(e))? {
-                    let (k, _) = item.map_err(|e| self.fail(e))?;
+                    let (k, v) = item.map_err(|e| self.fail(e))?;
                     let (hn, id) = k.value();
                     if hn != name {
                         break;
                     }
-                    mine.push(id.to_string());
+                    let letter: DeadLetter = codec::decode(v.value())?;
+                    prior_dead.insert(id.to_string(), letter);
                 }
-                for id in mine {
+                for id in prior_dead.keys() {
                     dead.remove((name, id.as_str())).map_err(|e| self.fail(e))?;
                 }
                 let mut handlers_t = txn.open_table(HANDLERS).map_err(f)?;
@@ -1548,6 +1588,7 @@ impl Store {
             {
                 let mut batch = Batch::open(self, &txn, reg, vec![handler], Mode::Replay, now, true)?;
                 batch.rebuilding = Some(h.slot);
+                batch.prior_dead = prior_dead;
                 // The journal head is read in this transaction, so that nothing committed
                 // before it is left out.
                 let head = batch.head;
