@@ -50,6 +50,7 @@
 
 mod commit;
 mod error;
+mod isolate;
 mod outcomes;
 mod read;
 mod registry;
