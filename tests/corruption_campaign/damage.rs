@@ -17,7 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 /// redb's page size, and the unit of the campaign's offsets.
 pub const PAGE: usize = 4096;
@@ -31,13 +31,24 @@ thread_local! {
 
 static HOOK: Once = Once::new();
 
-/// Installs (once) a panic hook that records the panics of a quiet thread and leaves every
-/// other thread's panics to the previous hook.
+/// The panics recorded on driftless's isolated storage-engine threads (which run the first
+/// commit after an open, and the close), drained by [`quietly`] with its own thread's.
+static ISOLATED_PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Whether this thread is one of driftless's isolated storage-engine threads.
+fn isolated_thread() -> bool {
+    std::thread::current().name().is_some_and(|n| n == "driftless-commit" || n == "driftless-close")
+}
+
+/// Installs (once) a panic hook that records the panics of a quiet thread (and of
+/// driftless's isolated storage-engine threads, which also go on to the previous hook) and
+/// leaves every other thread's panics to the previous hook.
 fn install_quiet_hook() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if QUIET.with(Cell::get) {
+            let isolated = isolated_thread();
+            if QUIET.with(Cell::get) || isolated {
                 let mut text = info.to_string().replace('\n', " ");
                 // DRIFTLESS_CAMPAIGN_BACKTRACE=1 adds where each panic came from.
                 if std::env::var_os("DRIFTLESS_CAMPAIGN_BACKTRACE").is_some() {
@@ -46,7 +57,16 @@ fn install_quiet_hook() {
                 if tracing() {
                     eprintln!("panic: {text}");
                 }
-                PANICS.with(|p| p.borrow_mut().push(text));
+                if isolated {
+                    if let Ok(mut panics) = ISOLATED_PANICS.lock() {
+                        panics.push(text);
+                    }
+                    // driftless's own hook may come after this one: it halts such a thread
+                    // at its second panic (which would otherwise abort the process).
+                    previous(info);
+                } else {
+                    PANICS.with(|p| p.borrow_mut().push(text));
+                }
             } else {
                 previous(info);
             }
@@ -67,7 +87,11 @@ fn quietly<T>(f: impl FnOnce() -> T) -> (std::thread::Result<T>, Vec<String>) {
     QUIET.with(|q| q.set(true));
     let result = catch_unwind(AssertUnwindSafe(f));
     QUIET.with(|q| q.set(false));
-    (result, PANICS.with(|p| std::mem::take(&mut *p.borrow_mut())))
+    let mut seen = PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if let Ok(mut isolated) = ISOLATED_PANICS.lock() {
+        seen.append(&mut isolated);
+    }
+    (result, seen)
 }
 
 /// The kinds of damage.
@@ -181,7 +205,10 @@ pub struct Verdict {
     pub contained_panics: usize,
     /// Whether the write probe committed.
     pub write_committed: bool,
-    /// The first complaint, for reports.
+    /// Whether the write probe stopped the storage engine twice on damage: its thread was
+    /// halted (instead of the process aborting), the write failed and the store was poisoned.
+    pub write_halted: bool,
+    /// The first complaint, for reports (and the write probe's error when it halted).
     pub detail: String,
 }
 
@@ -207,7 +234,15 @@ impl Scratch {
         Ok(Self { _dir: dir, path })
     }
 
+    /// Writes `bytes` to a new file at the scratch path (a new file, not the old one
+    /// overwritten: a store whose storage-engine thread was halted keeps its file open and
+    /// locked until the process exits).
     fn write(&self, bytes: &[u8]) -> Result<&Path, String> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("removing the scratch file: {e}")),
+        }
         std::fs::write(&self.path, bytes).map_err(|e| format!("writing the scratch file: {e}"))?;
         Ok(&self.path)
     }
@@ -257,13 +292,14 @@ pub fn run_case(
         Err(p) => return Err(panicked("Store::open", &*p, &seen)),
         Ok(Err(e)) => {
             let kind = open_error_kind(&e).map_err(|m| format!("{}: {m}", case.description))?;
-            let write_committed = write_probe(case, fixture, &bytes, scratch, check)?;
+            let probe = write_probe(case, &bytes, scratch, check, fixture)?;
             return Ok(Verdict {
                 outcome: Outcome::RefusedAtOpen,
                 reads_differed: false,
                 contained_panics: contained,
-                write_committed,
-                detail: format!("{kind}: {e}"),
+                write_committed: probe.committed,
+                write_halted: probe.halted,
+                detail: probe.with_detail(format!("{kind}: {e}")),
             });
         }
         Ok(Ok(store)) => store,
@@ -318,52 +354,102 @@ pub fn run_case(
         }
         _ => detail,
     };
-    let write_committed = write_probe(case, fixture, &bytes, scratch, check)?;
-    Ok(Verdict { outcome, reads_differed, contained_panics: contained, write_committed, detail })
+    let probe = write_probe(case, &bytes, scratch, check, fixture)?;
+    Ok(Verdict {
+        outcome,
+        reads_differed,
+        contained_panics: contained,
+        write_committed: probe.committed,
+        write_halted: probe.halted,
+        detail: probe.with_detail(detail),
+    })
+}
+
+/// What became of the write probe.
+struct WriteProbe {
+    committed: bool,
+    /// The write failed because the storage engine's thread was halted, and the store is
+    /// poisoned.
+    halted: bool,
+    /// The write's error (empty when it committed).
+    error: String,
+}
+
+impl WriteProbe {
+    /// `detail`, with the write's error when it halted the storage engine's thread.
+    fn with_detail(&self, detail: String) -> String {
+        if self.halted {
+            format!("{detail}; the write probe: {}", self.error)
+        } else {
+            detail
+        }
+    }
 }
 
 /// Opens a fresh copy of the damaged image and writes to it: registers the projectors,
 /// delivers every fixture event again, then projects a new event and a re-delivery of it.
 /// Errors are fine; a panic is a failure, and so is an event the re-delivery applies where
 /// the undamaged copy applied it no more (a second application: a damaged offset index
-/// taken for a missing offset). Returns whether the writes committed.
+/// taken for a missing offset). Returns whether the write committed, or how it failed.
+/// When the write halted the storage engine's thread, the same store is then read (which
+/// must neither hang nor panic) and written again (which must be refused as poisoned,
+/// without waiting for the halted commit).
 fn write_probe(
     case: &Case,
-    fixture: &Fixture,
     bytes: &[u8],
     scratch: &Scratch,
     check: OpenCheck,
-) -> Result<bool, String> {
+    fixture: &Fixture,
+) -> Result<WriteProbe, String> {
     let path = scratch.write(bytes)?;
-    let (result, seen) = quietly(|| -> Result<Result<(), String>, TestError> {
-        let store = StoreWriter::open(path, probe_options(check))?;
-        let registry = store.register(listing_projectors(), &[], Upcasters::new())?;
-        let reapplied = redeliver(&store, &registry, &fixture.events)?;
-        for ((e, now), clean) in fixture.events.iter().zip(&reapplied).zip(&fixture.reapplied) {
-            if *now && !*clean {
-                return Ok(Err(format!(
-                    "{}: SECOND APPLICATION: event {} was applied again by the re-delivery",
-                    case.description, e.event_id
-                )));
+    let (result, seen) = quietly(|| -> Result<Result<(), (TestError, bool)>, String> {
+        let store = match StoreWriter::open(path, probe_options(check)) {
+            Ok(store) => store,
+            Err(e) => return Ok(Err((e.into(), false))),
+        };
+        let write = || -> Result<Result<(), String>, TestError> {
+            let registry = store.register(listing_projectors(), &[], Upcasters::new())?;
+            let reapplied = redeliver(&store, &registry, &fixture.events)?;
+            for ((e, now), clean) in fixture.events.iter().zip(&reapplied).zip(&fixture.reapplied) {
+                if *now && !*clean {
+                    return Ok(Err(format!(
+                        "SECOND APPLICATION: event {} was applied again by the re-delivery",
+                        e.event_id
+                    )));
+                }
             }
+            let fresh = ListingEvent::new(
+                "probe-listing",
+                1_900_000_000_000,
+                ListingEventKind::ListingCreated {
+                    title: "Probe".into(),
+                    price: 1.into(),
+                    district: "Mitte".into(),
+                },
+            );
+            let events = [PreparedEvent::new(fresh.clone())?, PreparedEvent::new(fresh)?];
+            store.project(&registry, &events, Timestamp(1_900_000_000_001))?;
+            store.journal_range(1, 8)?;
+            Ok(Ok(()))
+        };
+        match write() {
+            Ok(Ok(())) => Ok(Ok(())),
+            Ok(Err(second)) => Err(second),
+            Err(e) if store.poisoned().is_some() && e.to_string().contains("its thread is halted") => {
+                let after = after_a_halt(&store, fixture)?;
+                Ok(Err((format!("{e}; {after}").into(), true)))
+            }
+            Err(e) => Ok(Err((e, store.poisoned().is_some()))),
         }
-        let fresh = ListingEvent::new(
-            "probe-listing",
-            1_900_000_000_000,
-            ListingEventKind::ListingCreated {
-                title: "Probe".into(),
-                price: 1.into(),
-                district: "Mitte".into(),
-            },
-        );
-        let events = [PreparedEvent::new(fresh.clone())?, PreparedEvent::new(fresh)?];
-        store.project(&registry, &events, Timestamp(1_900_000_000_001))?;
-        store.journal_range(1, 8)?;
-        Ok(Ok(()))
     });
     match result {
-        Ok(Ok(Err(second))) => Err(second),
-        Ok(r) => Ok(matches!(r, Ok(Ok(())))),
+        Ok(Err(failure)) => Err(format!("{}: {failure}", case.description)),
+        Ok(Ok(Ok(()))) => Ok(WriteProbe { committed: true, halted: false, error: String::new() }),
+        Ok(Ok(Err((e, poisoned)))) => {
+            let error = e.to_string();
+            let halted = poisoned && error.contains("its thread is halted");
+            Ok(WriteProbe { committed: false, halted, error })
+        }
         Err(p) => {
             let text = p
                 .downcast_ref::<&str>()
@@ -372,6 +458,33 @@ fn write_probe(
                 .unwrap_or_default();
             Err(format!("{}: PANIC in the write probe: {text} [{}]", case.description, seen.join(" | ")))
         }
+    }
+}
+
+/// Reads and writes a store whose commit halted the storage engine's thread: every read
+/// must answer (the halted commit holds redb's write lock, not the readers'), and a write
+/// must be refused as poisoned. Returns what the reads said; `Err` fails the case.
+fn after_a_halt(store: &StoreWriter, fixture: &Fixture) -> Result<String, String> {
+    let reads = match Snapshot::read(store, &fixture.ids) {
+        Ok(snapshot) if fixture.last() == Some(&snapshot) => {
+            "the reads afterwards equal the original".to_string()
+        }
+        Ok(snapshot) => {
+            let original = fixture.last().ok_or("the fixture has no state")?;
+            format!("the reads afterwards differ in {}", snapshot.first_difference(original))
+        }
+        Err(f) => format!("a read afterwards failed: {}: {}", f.step, f.error),
+    };
+    let scan = match store.scan_values() {
+        Ok(scan) => format!("the scan afterwards found {} damaged values", scan.damaged.len()),
+        Err(e) => format!("the scan afterwards failed: {e}"),
+    };
+    match store.register(listing_projectors(), &[], Upcasters::new()) {
+        Err(driftless_storage::RegisterError::Poisoned(_)) => {
+            Ok(format!("{reads}; {scan}; writes are refused"))
+        }
+        Err(e) => Err(format!("a write after the halt failed otherwise than poisoned: {e}")),
+        Ok(_) => Err("a write after the halt committed".into()),
     }
 }
 
@@ -550,6 +663,7 @@ pub struct Tally {
     counts: BTreeMap<(Class, Outcome), (usize, usize)>,
     contained_panics: BTreeMap<Class, usize>,
     writes: BTreeMap<Class, (usize, usize)>,
+    halted: Vec<String>,
     failures: Vec<String>,
     examples: BTreeMap<(Class, Outcome), String>,
     differed: Vec<String>,
@@ -572,6 +686,9 @@ impl Tally {
                 }
                 if v.reads_differed {
                     self.differed.push(format!("{}: {}", case.description, v.detail));
+                }
+                if v.write_halted {
+                    self.halted.push(format!("{}: {}", case.description, v.detail));
                 }
                 self.examples
                     .entry((case.class, v.outcome))
@@ -599,6 +716,16 @@ impl Tally {
         }
         for (class, (ok, refused)) in &self.writes {
             out.push_str(&format!("{class:?}: write probe committed {ok}, refused {refused}\n"));
+        }
+        if !self.halted.is_empty() {
+            out.push_str(&format!(
+                "write probes that halted the storage engine's thread (contained, store poisoned): {}\n",
+                self.halted.len()
+            ));
+        }
+        for h in self.halted.iter().take(5) {
+            let short: String = h.chars().take(400).collect();
+            out.push_str(&format!("  halted: {short}\n"));
         }
         let mut differed_in: BTreeMap<&str, usize> = BTreeMap::new();
         for d in &self.differed {
@@ -633,6 +760,11 @@ impl Tally {
     /// How many write probes committed, over every class.
     pub fn writes_committed(&self) -> usize {
         self.writes.values().map(|(ok, _)| ok).sum()
+    }
+
+    /// How many write probes halted the storage engine's thread, over every class.
+    pub fn writes_halted(&self) -> usize {
+        self.halted.len()
     }
 
     /// How many cases ran.

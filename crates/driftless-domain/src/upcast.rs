@@ -468,6 +468,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::panic, reason = "an upcaster that panics, to show the panic is contained")]
     fn a_panicking_upcaster_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
         let upcasters = Upcasters::<V3>::new()
             .upcast(1, |_: V1| -> V2 { std::panic::panic_any("no".to_owned()) })

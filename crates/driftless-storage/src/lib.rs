@@ -54,6 +54,7 @@
 mod check;
 mod commit;
 mod error;
+mod isolate;
 mod outcomes;
 mod read;
 mod registry;

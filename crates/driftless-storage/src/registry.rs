@@ -338,6 +338,7 @@ fn commit_to_register(e: CommitError) -> RegisterError {
         CommitError::Poisoned(p) => RegisterError::Poisoned(p),
         CommitError::Codec(c) => RegisterError::Codec(c),
         CommitError::Storage(s) => RegisterError::Storage(s),
+        CommitError::Corrupted { what, reason } => RegisterError::Corrupted { what, reason },
         other => RegisterError::Storage(crate::error::StorageFailure::new(other)),
     }
 }

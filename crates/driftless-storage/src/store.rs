@@ -1,6 +1,7 @@
 //! Opening, creating and poisoning a database file.
 
 use crate::error::{CommitError, OpenError, Poisoned, StorageFailure};
+use crate::isolate::{self, Stopped};
 use crate::schema::{
     FormatRecord, DEAD_LETTERS, EVENT_IDS, EVENT_INDEX, FORMAT_VERSION, HANDLERS, JOURNAL,
     JOURNAL_BY_AGGREGATE, MAGIC, META, META_FORMAT, META_HEAD, META_INDEX_PROBE, OLDEST_FORMAT_VERSION,
@@ -13,6 +14,8 @@ use redb::{Database, ReadableDatabase};
 use std::fs::{File, OpenOptions};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// How durable a commit is when it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,9 +47,11 @@ pub struct StoreOptions {
     /// 2 ms per MiB from disk (a 514 MiB file of a million events: 0.3 s and 1.1 s). After an
     /// unclean shutdown redb does this work anyway, to recover. Without the check, an open
     /// reads only the pages it needs, and damage is met by the reads and writes that touch
-    /// it, which report it as an error; except damage to redb's record of freed pages, on
-    /// which redb panics twice at the first durable commit or at the close (the second time
-    /// while the first panic unwinds), and that aborts the process.
+    /// it, which report it as an error. Damage to redb's record of freed pages makes redb
+    /// panic twice at the first durable commit or at the close (the second time while the
+    /// first panic unwinds); both run on a thread of their own, which is then halted for good
+    /// instead of aborting the process: the write fails with [`CommitError::Corrupted`], the
+    /// store is poisoned, and the file stays open (and locked) until the process exits.
     pub check_integrity_on_open: bool,
     /// The largest event accepted, in bytes of its stable encoding plus its aggregate id
     /// (default and most: [`MAX_EVENT_BYTES`]). A larger event is refused, not journaled:
@@ -92,6 +97,9 @@ pub struct Store {
     /// The upcasters registered with the store's projectors (an `Upcasters<E>`), for
     /// readers of the journal that know `E` (see [`Store::upcasters`]).
     pub(crate) upcasters: Mutex<Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>>,
+    /// Whether no commit has succeeded since the open. The first one is made durable and runs
+    /// on a thread of its own (see [`Store::commit`]).
+    first_commit_pending: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -240,6 +248,7 @@ impl Store {
             unfiled: std::sync::atomic::AtomicU64::new(0),
             schemas: parking_lot::RwLock::new(schemas),
             upcasters: Mutex::new(None),
+            first_commit_pending: AtomicBool::new(true),
         })
     }
 
@@ -301,21 +310,72 @@ impl Store {
         }
     }
 
-    /// Begins a write transaction with the store's durability, refusing if poisoned.
+    /// Begins a write transaction with the store's durability, refusing if poisoned. Until a
+    /// commit has succeeded since the open, the transaction is durable whatever the store's
+    /// durability (see [`Store::commit`]).
     pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, CommitError> {
         self.check_poison()?;
-        let mut txn = self.db.begin_write().map_err(|e| self.fail(e))?;
-        let durability = match self.options.durability {
-            Durability::Immediate => redb::Durability::Immediate,
-            Durability::Eventual => redb::Durability::None,
+        let first = self.first_commit_pending.load(Ordering::Acquire);
+        let mut txn = if first {
+            self.begin_first_write()?
+        } else {
+            self.db.begin_write().map_err(|e| self.fail(e))?
+        };
+        let durability = if first || self.options.durability == Durability::Immediate {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
         };
         txn.set_durability(durability).map_err(|e| self.fail(e))?;
         Ok(txn)
     }
 
+    /// Begins a write transaction while the first commit since the open may be running:
+    /// without waiting in redb, because that commit may halt holding redb's write lock for
+    /// good (see [`Store::commit`]). A writer that finds the lock taken polls, and gives up
+    /// when the store is poisoned.
+    fn begin_first_write(&self) -> Result<redb::WriteTransaction, CommitError> {
+        loop {
+            match self.db.try_begin_write() {
+                Err(redb::TransactionError::WouldBlock) => {
+                    self.check_poison()?;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                other => return other.map_err(|e| self.fail(e)),
+            }
+        }
+    }
+
     /// Commits, poisoning the store if the commit fails.
+    ///
+    /// The first commit since the open runs on a thread of its own (`isolate`), and is
+    /// durable (see [`Store::begin_write`]): a durable commit takes the pages freed by earlier
+    /// transactions out of redb's freed-pages tree, and when that tree is damaged, redb
+    /// panics there and again while the first panic unwinds, which would abort the process.
+    /// Isolated, the second panic halts that thread instead; the store is then poisoned, its
+    /// database is never closed (the halted transaction holds redb's write lock), and the
+    /// commit fails with [`CommitError::Corrupted`]. Later commits run inline: the tree holds
+    /// only what this process wrote since (unless a read transaction kept entries back).
     pub(crate) fn commit(&self, txn: redb::WriteTransaction) -> Result<(), CommitError> {
-        txn.commit().map_err(|e| self.fail(e))
+        if !self.first_commit_pending.load(Ordering::Acquire) {
+            return txn.commit().map_err(|e| self.fail(e));
+        }
+        match isolate::run("driftless-commit", move || txn.commit()) {
+            Ok(committed) => {
+                committed.map_err(|e| self.fail(e))?;
+                self.first_commit_pending.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(stopped) => {
+                if matches!(stopped, Stopped::Halted(_)) {
+                    self.db.halt();
+                }
+                let reason = stopped.to_string();
+                tracing::error!(%reason, "the storage engine panicked while committing on a damaged file");
+                self.poison(format!("commit: {reason}"));
+                Err(CommitError::Corrupted { what: "commit".into(), reason })
+            }
+        }
     }
 
     /// Turns a storage failure inside a write into a [`CommitError`], poisoning the store.
@@ -331,9 +391,12 @@ impl Store {
     ///
     /// # Errors
     /// [`CommitError::Storage`] when the close failed: what was committed with immediate
-    /// durability stands, and the next open repairs the file.
+    /// durability stands, and the next open repairs the file. [`CommitError::Corrupted`] when
+    /// the storage engine stopped on damage while closing, or a commit had stopped so that
+    /// the database cannot be closed (it stays open, and the file locked, until the process
+    /// exits).
     pub fn close(self) -> Result<(), CommitError> {
-        self.db.close().map_err(|e| CommitError::Storage(StorageFailure::new(e)))
+        self.db.close()
     }
 
     /// Runs redb's integrity check (every page checksum, the allocator state). A panic of
@@ -527,38 +590,64 @@ fn check_format(db: &Database, path: &Path) -> Result<u32, OpenError> {
 
 /// The store's redb database, closed on drop with any panic of the close contained.
 ///
-/// Closing a database records its allocator state, a write; on a damaged file redb may
-/// panic there, and a panic in a destructor (possibly during unwinding, which aborts) is
-/// never acceptable. Dropping a store closes quietly, as before; a close that stopped on
-/// damage leaves the file to be repaired at the next open.
-pub(crate) struct DbHandle(Option<Database>);
+/// Closing a database records its allocator state, a durable commit; on a damaged file redb
+/// may panic there, even twice (see [`Store::commit`]), and a panic in a destructor is never
+/// acceptable. So the close runs on a thread of its own (`isolate`), whether by
+/// [`DbHandle::close`] or on drop; dropping a store closes quietly, as before, and a close
+/// that stopped on damage leaves the file to be repaired at the next open.
+///
+/// Once a call on the database has halted its thread, the database is never closed nor
+/// dropped: redb would wait for the halted transaction, or close on its behalf while it
+/// holds the database's state. It is kept until the process exits.
+pub(crate) struct DbHandle {
+    db: Option<Database>,
+    halted: AtomicBool,
+}
 
 impl DbHandle {
     pub(crate) fn new(db: Database) -> Self {
-        Self(Some(db))
+        Self { db: Some(db), halted: AtomicBool::new(false) }
+    }
+
+    /// Records that a call on this database halted its thread: from now on the database is
+    /// left alone.
+    pub(crate) fn halt(&self) {
+        self.halted.store(true, Ordering::Release);
     }
 
     /// Closes the database, reporting a contained panic as damage.
-    pub(crate) fn close(mut self) -> Result<(), redb::DatabaseError> {
-        close_contained(self.0.take())
+    pub(crate) fn close(mut self) -> Result<(), CommitError> {
+        self.close_isolated()
     }
-}
 
-fn close_contained(db: Option<Database>) -> Result<(), redb::DatabaseError> {
-    let Some(db) = db else { return Ok(()) };
-    match catch_unwind(AssertUnwindSafe(|| db.close())) {
-        Ok(result) => result,
-        Err(panic) => {
-            let reason = crate::error::panic_message(&*panic);
-            tracing::error!(%reason, "the storage engine panicked while closing a damaged database");
-            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))
+    fn close_isolated(&mut self) -> Result<(), CommitError> {
+        let Some(db) = self.db.take() else { return Ok(()) };
+        if self.halted.load(Ordering::Acquire) {
+            std::mem::forget(db);
+            return Err(CommitError::Corrupted {
+                what: "close".into(),
+                reason: "an earlier commit stopped on damage and halted the storage engine's thread: \
+                         the database stays open until the process exits"
+                    .into(),
+            });
+        }
+        match isolate::run("driftless-close", move || db.close()) {
+            Ok(closed) => closed.map_err(|e| CommitError::Storage(StorageFailure::new(e))),
+            Err(stopped) => {
+                if matches!(stopped, Stopped::Halted(_)) {
+                    self.halt();
+                }
+                let reason = stopped.to_string();
+                tracing::error!(%reason, "the storage engine panicked while closing a damaged database");
+                Err(CommitError::Corrupted { what: "close".into(), reason })
+            }
         }
     }
 }
 
 impl Drop for DbHandle {
     fn drop(&mut self) {
-        let _ = close_contained(self.0.take());
+        let _ = self.close_isolated();
     }
 }
 
@@ -567,13 +656,13 @@ impl std::ops::Deref for DbHandle {
 
     #[expect(clippy::expect_used, reason = "the database is taken only by close and drop, which consume it")]
     fn deref(&self) -> &Database {
-        self.0.as_ref().expect("the database is open until the store is closed")
+        self.db.as_ref().expect("the database is open until the store is closed")
     }
 }
 
 impl std::ops::DerefMut for DbHandle {
     #[expect(clippy::expect_used, reason = "the database is taken only by close and drop, which consume it")]
     fn deref_mut(&mut self) -> &mut Database {
-        self.0.as_mut().expect("the database is open until the store is closed")
+        self.db.as_mut().expect("the database is open until the store is closed")
     }
 }

@@ -31,7 +31,7 @@ use crate::schema::{
 };
 use crate::schemas::schema_key;
 use driftless_domain::{codec, Event, EventId, FingerprintScheme, PayloadHash, UpcastError, Upcasters};
-use redb::{Database, ReadableTable};
+use redb::ReadableTable;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
@@ -64,7 +64,7 @@ const CHUNK: usize = 4096;
 
 /// Upgrades the file from format `from` to [`FORMAT_VERSION`] in one write transaction.
 pub(crate) fn upgrade(
-    db: &Database,
+    db: &crate::store::DbHandle,
     path: &Path,
     from: u32,
     events: &dyn LegacyEvents,
@@ -92,7 +92,17 @@ pub(crate) fn upgrade(
         let bytes = codec::encode(&record).map_err(|e| failed(e.to_string()))?;
         meta.insert(META_FORMAT, bytes.as_slice())?;
     }
-    txn.commit()?;
+    // The first durable commit since the open: on a thread of its own, as `Store::commit`
+    // runs it, so that damage redb panics on twice ends in an error, not an abort.
+    match crate::isolate::run("driftless-upgrade", move || txn.commit()) {
+        Ok(committed) => committed?,
+        Err(stopped) => {
+            if matches!(stopped, crate::isolate::Stopped::Halted(_)) {
+                db.halt();
+            }
+            return Err(OpenError::Corrupted { path: path.to_path_buf(), reason: stopped.to_string() });
+        }
+    }
     tracing::info!(
         from,
         to = FORMAT_VERSION,

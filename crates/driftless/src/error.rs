@@ -130,7 +130,6 @@ impl DispatchBatchError {
 
     /// The receipt of the events before the refused one that were queued: they are
     /// committed all the same, and waiting on it tells how.
-    #[must_use]
     pub fn into_queued(self) -> crate::BatchReceipt {
         self.queued.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
