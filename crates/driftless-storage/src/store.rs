@@ -77,10 +77,27 @@ impl Default for StoreOptions {
     }
 }
 
-/// One open driftless database file.
+/// One open driftless database file, for reading.
 ///
 /// It owns the redb database and latches the first commit failure: after it, every write
-/// returns [`Poisoned`] until the store is dropped and reopened.
+/// returns [`Poisoned`] until the store is dropped and reopened. It reads read models, the
+/// journal, offsets, dead letters and records, and keeps its own metadata records
+/// ([`Store::meta_update`]), but it writes no read model: that is the
+/// [`StoreWriter`](crate::StoreWriter)'s alone, and an engine keeps its writer to itself.
+///
+/// ```compile_fail
+/// // A store handed out (`Engine::store`) cannot write a row behind the projector's back...
+/// fn tamper(store: &driftless_storage::Store) {
+///     store.tamper_row("cards", b"k", None);
+/// }
+/// ```
+///
+/// ```compile_fail
+/// // ...nor replace a view, nor project, rebuild or retry.
+/// fn replace(store: &driftless_storage::Store) {
+///     store.replace_view("board", &[], driftless_domain::Timestamp(0));
+/// }
+/// ```
 pub struct Store {
     pub(crate) db: DbHandle,
     pub(crate) path: PathBuf,
