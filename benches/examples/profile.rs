@@ -75,9 +75,11 @@ fn ingest() -> Result<(), Error> {
         let dir = tempfile::tempdir()?;
         let engine = open_engine(&dir.path().join("d.redb"), 1000)?;
         let owned = stream.clone();
+        let before = thread_cpu_nanos();
         let t = Instant::now();
         driftless_ingest(&engine, owned, 1000)?;
-        println!("ingest: {:.0} events/s", per_second(stream.len(), t));
+        let rate = per_second(stream.len(), t);
+        println!("ingest: {rate:.0} events/s; CPU ns per event: {}", cpu_per_event(&before, stream.len()));
         engine.shutdown()?;
     }
     Ok(())

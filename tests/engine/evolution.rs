@@ -23,6 +23,25 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+/// `Event` for a test type with an `at: u64` field: its name, schema version and the field
+/// holding its aggregate id.
+macro_rules! event_impl {
+    ($t:ty, $name:literal, version $version:literal, $id:ident) => {
+        impl Event for $t {
+            const SCHEMA_VERSION: u32 = $version;
+            fn aggregate_id(&self) -> &str {
+                &self.$id
+            }
+            fn event_name(&self) -> &str {
+                $name
+            }
+            fn occurred_at(&self) -> Timestamp {
+                Timestamp(self.at)
+            }
+        }
+    };
+}
+
 const BALANCES: TableDef<String, i64> = TableDef::new("balances", 1);
 const AUDIT: TableDef<String, i64> = TableDef::new("audit", 1);
 
@@ -77,43 +96,9 @@ fn v3_to_v4(e: V3) -> V4 {
     }
 }
 
-impl Event for V1 {
-    fn aggregate_id(&self) -> &str {
-        &self.account
-    }
-    fn event_name(&self) -> &str {
-        "Moved"
-    }
-    fn occurred_at(&self) -> Timestamp {
-        Timestamp(self.at)
-    }
-}
-
-impl Event for V2 {
-    const SCHEMA_VERSION: u32 = 2;
-    fn aggregate_id(&self) -> &str {
-        &self.account
-    }
-    fn event_name(&self) -> &str {
-        "Moved"
-    }
-    fn occurred_at(&self) -> Timestamp {
-        Timestamp(self.at)
-    }
-}
-
-impl Event for V3 {
-    const SCHEMA_VERSION: u32 = 3;
-    fn aggregate_id(&self) -> &str {
-        &self.account_id
-    }
-    fn event_name(&self) -> &str {
-        "Moved"
-    }
-    fn occurred_at(&self) -> Timestamp {
-        Timestamp(self.at)
-    }
-}
+event_impl!(V1, "Moved", version 1, account);
+event_impl!(V2, "Moved", version 2, account);
+event_impl!(V3, "Moved", version 3, account_id);
 
 impl V4 {
     fn signed(&self) -> (&str, i64) {
@@ -448,29 +433,8 @@ fn swapped_fields_of_one_type_are_never_decoded_silently_wrong() -> TestResult {
         debit: i64,
         credit: i64,
     }
-    impl Event for Old {
-        fn aggregate_id(&self) -> &str {
-            &self.account
-        }
-        fn event_name(&self) -> &str {
-            "Booked"
-        }
-        fn occurred_at(&self) -> Timestamp {
-            Timestamp(self.at)
-        }
-    }
-    impl Event for Swapped {
-        const SCHEMA_VERSION: u32 = 2;
-        fn aggregate_id(&self) -> &str {
-            &self.account
-        }
-        fn event_name(&self) -> &str {
-            "Booked"
-        }
-        fn occurred_at(&self) -> Timestamp {
-            Timestamp(self.at)
-        }
-    }
+    event_impl!(Old, "Booked", version 1, account);
+    event_impl!(Swapped, "Booked", version 2, account);
     impl Movement for Old {
         fn movement(&self) -> (&str, i64) {
             (&self.account, self.credit - self.debit)

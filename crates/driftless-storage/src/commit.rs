@@ -17,6 +17,7 @@ use driftless_domain::{
     Timestamp, ViewError, WriteSet,
 };
 use redb::{ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -325,6 +326,10 @@ struct Batch<'t, 'r, E> {
     scratch: Vec<u8>,
     /// The index key of the event being looked up.
     key: Vec<u8>,
+    /// The stored index's greatest key, its row checked (`None` inside: the index is
+    /// empty), read at the first miss and forgotten when the batch writes the index (see
+    /// [`Batch::check_index_neighbours`]).
+    index_tail: OnceCell<Option<Vec<u8>>>,
     /// The stable encoding of the event being accepted, at the current schema version.
     body: Vec<u8>,
 }
@@ -506,6 +511,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
             ws: WriteSet::new(reg.tables.len()),
             scratch: Vec::with_capacity(256),
             key: Vec::with_capacity(64),
+            index_tail: OnceCell::new(),
             body: Vec::with_capacity(256),
         })
     }
@@ -543,11 +549,32 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
     /// sends a lookup to the wrong leaf; the neighbours found from there are then out of
     /// order around the key (the tree's walk to the next leaf returns the key itself, or one
     /// on the wrong side of it).
+    ///
+    /// A key above the stored index's greatest key (the common case of a stream whose
+    /// times increase) has that row as its only neighbour: the row is read and checked once
+    /// per batch, by a walk down the right edge of the tree that no separator steers, and
+    /// the key is checked against it without another lookup.
     fn check_index_neighbours(&self, key: &[u8], ev: &PreparedEvent<E>) -> Result<(), CommitError> {
         let fail = |e| self.store.fail(e);
+        let what = || format!("the offsets of event {}", ev.id);
+        let tail = match self.index_tail.get() {
+            Some(tail) => tail,
+            None => {
+                let tail = match self.index.last().map_err(fail)? {
+                    Some((k, v)) => {
+                        codec::verify_keyed(k.value(), v.value()).map_err(|e| damaged_near(&what(), e))?;
+                        Some(k.value().to_vec())
+                    }
+                    None => None,
+                };
+                self.index_tail.get_or_init(|| tail)
+            }
+        };
+        if tail.as_deref().is_none_or(|greatest| key > greatest) {
+            return Ok(());
+        }
         let before = self.index.range::<&[u8]>(..key).map_err(fail)?.next_back();
         let after = self.index.range::<&[u8]>(key..).map_err(fail)?.next();
-        let what = || format!("the offsets of event {}", ev.id);
         for (item, below) in [(before, true), (after, false)] {
             let Some(item) = item else { continue };
             let (k, v) = item.map_err(fail)?;
@@ -759,9 +786,6 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 before = Some(r.clone());
                 kept_at = Some(r.applied_at_of(slot));
                 r.clear(slot);
-                if let Some(at) = kept_at {
-                    self.cleared_at.insert(key.clone(), at);
-                }
             } else if !r.has(slot) {
                 kept_at = self.cleared_at.get(&key).copied();
             }
@@ -775,6 +799,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 Same::No => {
                     let recorded = r.payload_hash();
                     if before.is_some() {
+                        self.remember_cleared(&key, kept_at);
                         self.index_overlay.insert(key, row);
                     }
                     return Ok(Processed {
@@ -882,7 +907,7 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                 Ok(handled) => {
                     self.ws.keep_pending();
                     let at = kept_at.unwrap_or(self.now.0);
-                    if self.rebuilding == Some(h.slot) {
+                    if self.rebuilding == Some(h.slot) && !self.cleared_at.is_empty() {
                         self.cleared_at.remove(&key);
                     }
                     if let Some(r) = row.as_mut() {
@@ -919,6 +944,12 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
                     outcomes.push((i, HandlerOutcome::DeadLettered { reason }));
                 }
             }
+        }
+        // A row the rebuild cleared and did not apply again keeps its first time for a
+        // later entry of the id.
+        if before.is_some() && self.rebuilding.is_some_and(|slot| !row.as_ref().is_some_and(|r| r.has(slot)))
+        {
+            self.remember_cleared(&key, kept_at);
         }
         // A row the rebuild cleared is written unless it ended as it was.
         let rewritten = match &before {
@@ -982,6 +1013,14 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         codec::encode_into(&entry, &mut self.scratch)?;
         journal.insert(position, self.scratch.as_slice()).map_err(|e| self.store.fail(e))?;
         Ok(())
+    }
+
+    /// Keeps the first applied-at time of an offset the rebuild cleared and has not
+    /// applied again, for a later journal entry of the same id ([`Batch::cleared_at`]).
+    fn remember_cleared(&mut self, key: &[u8], at: Option<u64>) {
+        if let Some(at) = at {
+            self.cleared_at.insert(key.to_vec(), at);
+        }
     }
 
     fn clear_dead_letter(&mut self, k: usize, i: usize, id: &str) -> Result<(), CommitError> {
@@ -1156,6 +1195,9 @@ impl<'t, 'r, E: Event> Batch<'t, 'r, E> {
         let store = self.store;
         self.wrote |=
             !self.index_overlay.is_empty() || !self.ids_overlay.is_empty() || !self.dead_overlay.is_empty();
+        if !self.index_overlay.is_empty() {
+            self.index_tail = OnceCell::new();
+        }
         for (key, row) in std::mem::take(&mut self.index_overlay) {
             match row {
                 Some(row) => {
