@@ -402,3 +402,7 @@ pub fn describe_metrics() {
     describe_gauge!(m::READ_MODEL_CLEAN_STREAK, Unit::Count, "Clean reconciliation runs in a row.");
     describe_gauge!(m::READ_MODEL_BREACH_STREAK, Unit::Count, "Breaching reconciliation runs in a row.");
 }
+
+#[cfg(test)]
+#[path = "observe_tests.rs"]
+mod tests;
