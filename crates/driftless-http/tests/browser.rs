@@ -1,0 +1,1 @@
+//! The drift report in a real browser.
