@@ -604,7 +604,7 @@ fn drifted_keys_part(i: usize, s: &ReportSection) -> Markup {
                 div.table-wrap role="region" aria-labelledby=(caption) tabindex="0" {
                     table {
                         caption id=(caption) {
-                            "Drifted keys of the " (run.mode.as_str()) " run of " (utc(run.at)) ": "
+                            "Drifted keys of " (s.state.freshness.read_model) " in the " (run.mode.as_str()) " run of " (utc(run.at)) ": "
                             (run.drifted_keys.len()) " of " (count(run.drifted)) " shown"
                         }
                         thead { tr { th scope="col" { "Key" } th scope="col" { "Why it drifted" } } }
@@ -631,7 +631,8 @@ fn dead_letters_part(i: usize, s: &ReportSection) -> Markup {
             div.table-wrap role="region" aria-labelledby=(caption) tabindex="0" {
                 table {
                     caption id=(caption) {
-                        "Dead letters of " (s.state.freshness.owner) ": " (s.dead_letters.len()) " of " (count(total)) " shown"
+                        "Dead letters of " (s.state.freshness.owner) ", the handler of " (s.state.freshness.read_model) ": "
+                        (s.dead_letters.len()) " of " (count(total)) " shown"
                     }
                     thead { tr { th scope="col" { "Event id" } th scope="col" { "Event" } th scope="col" { "Reason" } th scope="col" { "Attempts" } th scope="col" { "Last failed (UTC)" } } }
                     tbody {
