@@ -755,7 +755,7 @@ impl<E: Event> Engine<E> {
     /// # Errors
     /// [`DispatchBatchError`]: as for [`Engine::dispatch`], for the first event that could
     /// not be queued. The events before it that were queued are committed all the same; the
-    /// error carries their receipt ([`DispatchBatchError::queued`]), and the events from the
+    /// error carries their receipt ([`DispatchBatchError::into_queued`]), and the events from the
     /// failing one on are not queued.
     pub fn dispatch_batch(
         &self,

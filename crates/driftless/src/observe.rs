@@ -15,7 +15,7 @@ use tracing::field::Empty;
 
 /// The names of the engine's metrics and labels (Prometheus conventions: counters end in
 /// `_total`, durations are histograms in `_seconds`, a read model is always labelled
-/// [`LABEL_READ_MODEL`]). The reconciler's own metrics are in
+/// [`LABEL_READ_MODEL`](metric_names::LABEL_READ_MODEL)). The reconciler's own metrics are in
 /// [`crate::reconcile::metric_names`].
 pub mod metric_names {
     /// Counter: events committed, by [`LABEL_OUTCOME`] (`applied`, `duplicate`, `conflict`,
