@@ -332,3 +332,43 @@ fn commits_rebuilds_catch_ups_refreshes_and_runs_are_spans_with_their_figures() 
     assert_eq!(run.get("state").map(String::as_str), Some("shadow"));
     Ok(())
 }
+
+#[test]
+fn the_writer_records_the_gauges_on_its_own() -> TestResult {
+    const PERIODIC: TableDef<String, u64> = TableDef::new("periodic", 1);
+    static SNAPSHOTTER: OnceLock<Option<metrics_util::debugging::Snapshotter>> = OnceLock::new();
+    // The writer thread records to the global recorder, installed once for this binary.
+    let snapshotter = SNAPSHOTTER
+        .get_or_init(|| {
+            let recorder = DebuggingRecorder::new();
+            let snapshotter = recorder.snapshotter();
+            recorder.install().ok().map(|()| snapshotter)
+        })
+        .as_ref()
+        .ok_or("a global recorder was already installed")?;
+    let dir = tempfile::tempdir()?;
+    let options = EngineOptions {
+        gauge_interval: Some(std::time::Duration::from_millis(10)),
+        ..EngineOptions::default()
+    };
+    let engine = Engine::builder(dir.path().join("db.redb"))
+        .options(options)
+        .clock(Arc::new(ManualClock::new(Timestamp(T0))))
+        .projector(Totals { name: "periodic", table: PERIODIC })
+        .open()?;
+    engine.dispatch(moved("a", T0 - 2_000, 1, false))?.wait()?;
+    let rm = [(m::LABEL_READ_MODEL, "periodic")];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let snapshot: Vec<_> =
+            snapshotter.snapshot().into_vec().into_iter().map(|(k, _, _, v)| (k, v)).collect();
+        if gauge(&snapshot, m::READ_MODEL_FRESHNESS_SECONDS, &rm) == Some(2.0) {
+            assert_eq!(gauge(&snapshot, m::READ_MODEL_CAUGHT_UP, &rm), Some(1.0));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the writer never recorded the gauges");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    engine.shutdown()?;
+    Ok(())
+}
