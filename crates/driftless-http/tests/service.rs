@@ -198,6 +198,26 @@ fn slow_clients_time_out_and_a_full_queue_is_answered_busy() -> TestResult {
 }
 
 #[test]
+fn health_is_503_once_a_storage_failure_has_stopped_the_writer() -> TestResult {
+    let f = fixture(20)?;
+    let service = f.serve(ServeOptions::new())?;
+    let addr = service.local_addr();
+    assert_eq!(get(addr, "/health")?.status, 200);
+    f.engine.store().poison("a simulated failed sync");
+    let health = get(addr, "/health")?;
+    assert_eq!(health.status, 503);
+    let body = health.json()?;
+    assert_eq!(body.get("status").and_then(Value::as_str), Some("poisoned"));
+    assert!(
+        body.get("message").and_then(Value::as_str).is_some_and(|m| m.contains("a simulated failed sync")),
+        "{body}"
+    );
+    // Reads still answer: the file is as it was at the last commit.
+    assert_eq!(get(addr, "/freshness")?.status, 200);
+    Ok(())
+}
+
+#[test]
 fn the_service_binds_to_loopback_unless_told_otherwise() -> TestResult {
     let f = fixture(0)?;
     let anywhere: SocketAddr = "0.0.0.0:0".parse()?;
