@@ -53,12 +53,22 @@ pub enum Command {
     KillSwitch(KillSwitchArgs),
     /// Break things on purpose, to see drift detection work.
     Chaos(ChaosArgs),
-    /// Serve in the foreground: scheduled reconciliation and view refreshes, until Ctrl-C
-    /// or SIGTERM.
+    /// Serve in the foreground: scheduled reconciliation and view refreshes (and, with
+    /// --listen, HTTP), until Ctrl-C or SIGTERM.
     Run(RunArgs),
     /// Check the file (redb integrity, value checksums) and reconcile every read model in
     /// full; exit status 0 only when all is clean.
     Verify(JsonFlag),
+    /// Write the drift report: one self-contained, accessible HTML page.
+    Report(ReportArgs),
+}
+
+/// `driftless report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The HTML file to write (`-` for standard output).
+    #[arg(long, value_name = "FILE")]
+    pub html: PathBuf,
 }
 
 /// `driftless demo`.
@@ -227,4 +237,12 @@ pub struct RunArgs {
     /// Seconds between refreshes of the materialized views.
     #[arg(long = "refresh-secs", default_value_t = 60, value_name = "SECONDS")]
     pub refresh_secs: u64,
+    /// Also serve HTTP on this address (e.g. 127.0.0.1:9184; port 0 picks one): metrics,
+    /// health, freshness, rows, reconciliation and the drift report. Other `driftless`
+    /// commands on this database then ask this process.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Allow a --listen address that is not loopback (the service has no authentication).
+    #[arg(long = "allow-remote", requires = "listen")]
+    pub allow_remote: bool,
 }

@@ -124,6 +124,10 @@ impl DemoConfig {
 pub struct RunConfig {
     /// Between view refreshes.
     pub refresh: std::time::Duration,
+    /// Where to serve HTTP, if anywhere.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Whether a non-loopback `listen` address is allowed.
+    pub allow_remote: bool,
 }
 
 impl RunConfig {
@@ -135,7 +139,11 @@ impl RunConfig {
                 args.refresh_secs
             )));
         }
-        Ok(Self { refresh: std::time::Duration::from_secs(args.refresh_secs) })
+        Ok(Self {
+            refresh: std::time::Duration::from_secs(args.refresh_secs),
+            listen: args.listen,
+            allow_remote: args.allow_remote,
+        })
     }
 }
 

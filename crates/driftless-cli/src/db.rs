@@ -27,6 +27,24 @@ pub fn open_existing(path: &Path) -> Result<ListingEngine, CliError> {
     open(path, EngineOptions::default(), None)
 }
 
+/// What a read command reads: the database, or the process serving it.
+pub enum Source {
+    /// The database, opened by this process.
+    Local(ListingEngine),
+    /// The process that holds the database and serves it (`driftless run --listen`).
+    Live(crate::live::Live),
+}
+
+/// Opens the engine over an existing database or, when another process holds it and
+/// serves it (`driftless run --listen`), finds that process.
+pub fn open_or_live(path: &Path) -> Result<Source, CliError> {
+    match open_existing(path) {
+        Ok(engine) => Ok(Source::Local(engine)),
+        Err(e) if e.is_in_use() => crate::live::find(path).map(Source::Live).ok_or(e),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens (creating if needed) the engine with `options` and, if given, `clock`.
 ///
 /// A database written by an earlier release is upgraded in place, and a read model whose

@@ -98,6 +98,14 @@ impl CliError {
         })
     }
 
+    /// Whether the database could not be opened because another process holds it.
+    pub fn is_in_use(&self) -> bool {
+        matches!(
+            self,
+            Self::Build(BuildError::Open(OpenError::InUse { .. })) | Self::Open(OpenError::InUse { .. })
+        )
+    }
+
     /// An I/O error while doing `what`.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io { what: what.into(), source }

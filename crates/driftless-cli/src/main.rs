@@ -17,6 +17,7 @@ mod db;
 mod demo;
 mod error;
 mod ingest;
+mod live;
 mod ops;
 mod out;
 mod progress;
@@ -28,7 +29,7 @@ mod status;
 use args::{ChaosAction, Cli, Command};
 use clap::Parser;
 use error::CliError;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use out::Out;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -67,16 +68,8 @@ fn init_logging(default_level: &str) {
 
 /// Installs a Prometheus recorder as the global `metrics` recorder.
 fn install_metrics() -> Option<PrometheusHandle> {
-    let builder = PrometheusBuilder::new();
-    // Three quantiles per summary keep the text short enough to read.
-    let builder = match builder.set_quantiles(&[0.5, 0.9, 0.99]) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "the metrics quantiles were refused; using the defaults");
-            PrometheusBuilder::new()
-        }
-    };
-    let recorder = builder.build_recorder();
+    // Durations are Prometheus histograms, which add up across instances.
+    let recorder = driftless_http::prometheus_builder().build_recorder();
     let handle = recorder.handle();
     match metrics::set_global_recorder(recorder) {
         Ok(()) => {
@@ -113,7 +106,8 @@ fn execute(cli: &Cli, metrics: Option<&PrometheusHandle>, out: &mut Out) -> Resu
         Command::Chaos(c) => match &c.action {
             ChaosAction::Tamper(a) => ops::chaos_tamper(db, &a.read_model, a.rows, a.seed, a.json, out),
         },
-        Command::Run(a) => serve::run(db, config::RunConfig::from_args(a)?, out),
+        Command::Run(a) => serve::run(db, config::RunConfig::from_args(a)?, metrics, out),
         Command::Verify(a) => serve::verify(db, a.json, out),
+        Command::Report(a) => serve::report(db, &a.html, out),
     }
 }

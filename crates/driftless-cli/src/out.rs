@@ -5,7 +5,6 @@
 //! [`CliError::BrokenPipe`], which ends the command quietly with status 0.
 
 use crate::error::CliError;
-use driftless::Timestamp;
 use serde::Serialize;
 use std::io::{self, BufWriter, Stdout, Write};
 
@@ -143,18 +142,7 @@ impl Table {
     }
 }
 
-/// `1234567` as `1,234,567`.
-pub fn count(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use driftless_http::text::count;
 
 /// `1 listing`, `2,500 listings`.
 pub fn plural(n: usize, one: &str, many: &str) -> String {
@@ -166,45 +154,7 @@ pub fn count_usize(n: usize) -> String {
     count(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
-/// A Unix-millisecond time as `2024-05-01 12:34:56 UTC`.
-pub fn utc(t: Timestamp) -> String {
-    let secs = t.0 / 1000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's algorithm.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
-}
-
-/// Seconds as `0.4 s`, `12 s`, `3 min 4 s`, `2 h 5 min`, `3 d 4 h`.
-pub fn age(seconds: f64) -> String {
-    if !seconds.is_finite() || seconds < 0.0 {
-        return "-".to_string();
-    }
-    if seconds < 10.0 {
-        return format!("{seconds:.1} s");
-    }
-    let s = seconds.round() as u64;
-    match s {
-        0..=59 => format!("{s} s"),
-        60..=3_599 => format!("{} min {} s", s / 60, s % 60),
-        3_600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
-        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
-    }
-}
+pub use driftless_http::text::{age, utc};
 
 /// A yes/no cell.
 pub fn yes_no(b: bool) -> String {
@@ -214,6 +164,7 @@ pub fn yes_no(b: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use driftless::Timestamp;
 
     #[test]
     fn counts_have_thousands_separators() {

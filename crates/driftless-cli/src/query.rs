@@ -3,6 +3,7 @@
 use crate::config::ReadModel;
 use crate::db::{self, ListingEngine};
 use crate::error::CliError;
+use crate::live::Live;
 use crate::out::{count, Align, Out, Table};
 use driftless::{ReadAnswer, ReadRepository, TableDef, ViewKey, ViewValue};
 use driftless_listings::{
@@ -151,23 +152,71 @@ pub fn run(
     out: &mut Out,
 ) -> Result<(), CliError> {
     let read_model = ReadModel::parse(read_model, &ReadModel::ALL, "the read model")?;
-    let engine = db::open_existing(db_path)?;
+    let engine = match db::open_or_live(db_path)? {
+        db::Source::Local(engine) => engine,
+        db::Source::Live(live) => {
+            return match read_model {
+                ReadModel::ListingCard => print_live::<ListingCard>(&live, &LISTING_CARD, key, json, out),
+                ReadModel::DistrictStats => {
+                    print_live::<DistrictStats>(&live, &DISTRICT_STATS, key, json, out)
+                }
+                ReadModel::DistrictLeaderboard => {
+                    if let Some(text) = key {
+                        rank_of(text)?;
+                    }
+                    print_live::<LeaderboardRow>(&live, &DISTRICT_LEADERBOARD, key, json, out)
+                }
+            };
+        }
+    };
     let owned = key.map(str::to_string);
     match read_model {
         ReadModel::ListingCard => print(&engine, &LISTING_CARD, owned, key, json, out),
         ReadModel::DistrictStats => print(&engine, &DISTRICT_STATS, owned, key, json, out),
         ReadModel::DistrictLeaderboard => {
-            let rank = match key {
-                None => None,
-                Some(text) => Some(text.parse::<u64>().map_err(|_| {
-                    CliError::Usage(format!(
-                        "the key of district_leaderboard is a rank, a whole number from 1, not {text:?}"
-                    ))
-                })?),
-            };
+            let rank = key.map(rank_of).transpose()?;
             print(&engine, &DISTRICT_LEADERBOARD, rank, key, json, out)
         }
     }
+}
+
+/// A `district_leaderboard` key: a rank.
+fn rank_of(text: &str) -> Result<u64, CliError> {
+    text.parse::<u64>().map_err(|_| {
+        CliError::Usage(format!(
+            "the key of district_leaderboard is a rank, a whole number from 1, not {text:?}"
+        ))
+    })
+}
+
+/// As [`print`], with the rows asked of the process serving the database.
+fn print_live<V: ViewValue + Row + serde::Serialize>(
+    live: &Live,
+    def: &TableDef<impl ViewKey, V>,
+    key: Option<&str>,
+    json: bool,
+    out: &mut Out,
+) -> Result<(), CliError> {
+    let name = def.name();
+    let rows: Vec<V> = match key {
+        Some(key) => {
+            let row = live
+                .row::<V>(name, key)?
+                .ok_or_else(|| CliError::NotFound { read_model: name.to_string(), key: key.to_string() })?;
+            vec![row]
+        }
+        None => live.rows(name)?,
+    };
+    if json {
+        for row in &rows {
+            out.json(row)?;
+        }
+    } else if rows.is_empty() {
+        out.line(format!("{name} has no rows"))?;
+    } else {
+        out.table(&table_of(&rows, 0))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -122,12 +122,21 @@ pub fn run(
     let read_model = read_model
         .map(|name| ReadModel::parse(name, &ReadModel::PROJECTED, "the read model").map(ReadModel::name))
         .transpose()?;
-    let engine = db::open_existing(db_path)?;
-    let harness = db::harness(&engine, Arc::new(CliPager::default()))?;
     let spinner = crate::progress::spinner("reconciling");
-    let result = run_once(&harness, mode.into(), read_model);
+    let result = match db::open_or_live(db_path)? {
+        db::Source::Local(engine) => {
+            let harness = db::harness(&engine, Arc::new(CliPager::default()))?;
+            run_once(&harness, mode.into(), read_model)
+        }
+        db::Source::Live(live) => live.reconcile(mode.into(), read_model),
+    };
     spinner.finish_and_clear();
-    let report = result?;
+    print_report(&result?, json, out)
+}
+
+/// Prints a run's report: one JSON line or one table row per read model, then the drifted
+/// and unchecked keys.
+fn print_report(report: &RunReport, json: bool, out: &mut Out) -> Result<(), CliError> {
     if json {
         for r in &report.read_models {
             out.json(&report_json(r))?;

@@ -1,10 +1,8 @@
 //! `driftless freshness` and `driftless metrics`.
 
-use crate::config::ReadModel;
 use crate::db::{self, ListingEngine};
 use crate::error::CliError;
 use crate::out::{age, count, yes_no, Align, Out, Table};
-use driftless::reconcile::PromotionState;
 use driftless::Freshness;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
@@ -55,10 +53,12 @@ pub fn freshness_table(rows: &[Freshness], indent: usize) -> Table {
     table
 }
 
-/// `driftless freshness`.
+/// `driftless freshness`: of the database, or asked of the process serving it.
 pub fn freshness(db_path: &Path, json: bool, out: &mut Out) -> Result<(), CliError> {
-    let engine = db::open_existing(db_path)?;
-    let rows = engine.freshness()?;
+    let rows = match db::open_or_live(db_path)? {
+        db::Source::Local(engine) => engine.freshness()?,
+        db::Source::Live(live) => live.freshness()?,
+    };
     if json {
         for f in &rows {
             out.json(&freshness_json(f))?;
@@ -74,79 +74,22 @@ pub fn freshness(db_path: &Path, json: bool, out: &mut Out) -> Result<(), CliErr
     Ok(())
 }
 
-fn flag(b: bool) -> f64 {
-    if b {
-        1.0
-    } else {
-        0.0
-    }
-}
-
-/// Sets gauges of the database's state on the installed recorder: the journal head, per
-/// handler its applied events, dead letters and journal position, per read model its
-/// freshness, catch-up, kill switch and promotion state, per table its entries.
+/// Sets gauges of the database's state on the installed recorder: the engine's state
+/// gauges ([`driftless::Engine::record_gauges`]) and the entries of each table.
 pub fn record_state(engine: &ListingEngine) -> Result<(), CliError> {
-    let store = engine.store();
-    metrics::gauge!("driftless_journal_head").set(store.journal_head()? as f64);
-    for (handler, rec) in store.handler_records()? {
-        metrics::gauge!("driftless_handler_applied_events", "handler" => handler.clone())
-            .set(rec.applied as f64);
-        metrics::gauge!("driftless_handler_dead_letters", "handler" => handler.clone())
-            .set(rec.dead_letters as f64);
-        metrics::gauge!("driftless_handler_journal_position", "handler" => handler).set(rec.seen as f64);
-    }
-    for f in engine.freshness()? {
-        let rm = f.read_model.clone();
-        if let Some(s) = f.seconds {
-            metrics::gauge!("driftless_read_model_freshness_seconds", "read_model" => rm.clone()).set(s);
-        }
-        if let Some(lag) = f.commit_lag_ms {
-            metrics::gauge!("driftless_read_model_commit_lag_seconds", "read_model" => rm.clone())
-                .set(lag as f64 / 1000.0);
-        }
-        metrics::gauge!("driftless_read_model_caught_up", "read_model" => rm.clone()).set(flag(f.caught_up));
-        metrics::gauge!("driftless_read_model_switched_off", "read_model" => rm).set(flag(f.switched_off));
-    }
-    for rm in ReadModel::PROJECTED {
-        let health = db::health(store, rm.name())?;
-        for state in [PromotionState::Shadow, PromotionState::Promoted, PromotionState::Demoted] {
-            metrics::gauge!(
-                "driftless_read_model_promotion_state",
-                "read_model" => rm.name(),
-                "state" => state.as_str()
-            )
-            .set(flag(health.state == state));
-        }
-        metrics::gauge!("driftless_read_model_clean_streak", "read_model" => rm.name())
-            .set(f64::from(health.consecutive_clean));
-        metrics::gauge!("driftless_read_model_breach_streak", "read_model" => rm.name())
-            .set(f64::from(health.consecutive_breaches));
-    }
-    for t in store.table_figures()? {
-        metrics::gauge!("driftless_table_entries", "table" => t.table).set(t.entries as f64);
+    engine.record_gauges()?;
+    for t in engine.store().table_figures()? {
+        metrics::gauge!(TABLE_ENTRIES, "table" => t.table).set(t.entries as f64);
     }
     Ok(())
 }
 
-/// Describes the gauges of [`record_state`].
+/// The gauge of a table's entries.
+const TABLE_ENTRIES: &str = "driftless_table_entries";
+
+/// Describes the metrics of the engine, the reconciler and this process.
 pub fn describe() {
-    driftless::reconcile::describe_metrics();
-    metrics::describe_counter!("driftless_events_total", "Events dispatched by this process, by outcome.");
-    metrics::describe_counter!(
-        "driftless_view_refreshes_total",
-        "Materialized-view refreshes by this process."
-    );
-    metrics::describe_histogram!(
-        "driftless_commit_seconds",
-        metrics::Unit::Seconds,
-        "Wall time of one commit's transaction, from its start to its sync: processing its events and, for the writer, taking the messages that arrive meanwhile."
-    );
-    metrics::describe_histogram!("driftless_batch_events", "Events in one commit.");
-    metrics::describe_histogram!(
-        "driftless_filing_seconds",
-        metrics::Unit::Seconds,
-        "Wall time of one filing of the journal by aggregate while the writer is idle."
-    );
+    driftless_http::describe_metrics();
     metrics::describe_counter!(
         "driftless_cli_malformed_lines_total",
         "Malformed lines read by this process."
@@ -155,45 +98,19 @@ pub fn describe() {
         "driftless_cli_tampered_rows_total",
         "Rows changed behind their projector's back by `chaos tamper`."
     );
-    metrics::describe_gauge!("driftless_journal_head", "The last journal position handed out.");
-    metrics::describe_gauge!("driftless_handler_applied_events", "Events a handler has applied.");
-    metrics::describe_gauge!("driftless_handler_dead_letters", "Dead letters waiting, per handler.");
-    metrics::describe_gauge!(
-        "driftless_handler_journal_position",
-        "The last journal position a handler processed."
-    );
-    metrics::describe_gauge!(
-        "driftless_read_model_freshness_seconds",
-        metrics::Unit::Seconds,
-        "Since the newest applied event happened (views: since their refresh)."
-    );
-    metrics::describe_gauge!(
-        "driftless_read_model_commit_lag_seconds",
-        metrics::Unit::Seconds,
-        "From the newest applied event happening to its commit."
-    );
-    metrics::describe_gauge!(
-        "driftless_read_model_caught_up",
-        "1 when the read model has processed the whole journal."
-    );
-    metrics::describe_gauge!(
-        "driftless_read_model_switched_off",
-        "1 while the read model's kill switch is engaged."
-    );
-    metrics::describe_gauge!(
-        "driftless_read_model_promotion_state",
-        "1 for the read model's current promotion state (shadow, promoted, demoted)."
-    );
-    metrics::describe_gauge!("driftless_read_model_clean_streak", "Clean reconciliation runs in a row.");
-    metrics::describe_gauge!("driftless_read_model_breach_streak", "Breaching reconciliation runs in a row.");
-    metrics::describe_gauge!("driftless_table_entries", "Rows of each table of the database file.");
+    metrics::describe_gauge!(TABLE_ENTRIES, "Rows of each table of the database file.");
 }
 
-/// `driftless metrics`.
+/// `driftless metrics`: of the database and this process, or of the process serving it.
 pub fn metrics(db_path: &Path, handle: &PrometheusHandle, out: &mut Out) -> Result<(), CliError> {
-    let engine = db::open_existing(db_path)?;
-    record_state(&engine)?;
-    for line in handle.render().lines() {
+    let text = match db::open_or_live(db_path)? {
+        db::Source::Local(engine) => {
+            record_state(&engine)?;
+            handle.render()
+        }
+        db::Source::Live(live) => live.metrics()?,
+    };
+    for line in text.lines() {
         out.line(line)?;
     }
     Ok(())

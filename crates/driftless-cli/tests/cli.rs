@@ -322,6 +322,101 @@ fn a_second_process_is_told_the_database_is_in_use_and_sigterm_stops_the_service
 }
 
 #[test]
+fn read_commands_ask_the_process_serving_the_database() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("db.redb");
+    ingest_fixture(&db, &[])?;
+    // What the commands say with the database to themselves.
+    let cards = driftless(&db, &["query", "listing_card", "--json"])?.ok()?.json_lines()?;
+    let card = driftless(&db, &["query", "listing_card", "l-a", "--json"])?.ok()?.json_lines()?;
+
+    let mut c = command(&db, &["run", "--listen", "127.0.0.1:0"]);
+    let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    let (mut first, mut second) = (String::new(), String::new());
+    lines.read_line(&mut first)?;
+    lines.read_line(&mut second)?;
+    let checks = (|| -> TestResult {
+        ensure!(second.starts_with("serving HTTP on http://127.0.0.1:"), "{first}{second}");
+        let serving: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("db.redb.serving"))?)?;
+        ensure_eq!(
+            serving.get("pid").and_then(Value::as_u64),
+            Some(u64::from(child.id())),
+            "the recorded pid"
+        );
+
+        ensure_eq!(
+            driftless(&db, &["query", "listing_card", "--json"])?.ok()?.json_lines()?,
+            cards,
+            "rows, live"
+        );
+        ensure_eq!(
+            driftless(&db, &["query", "listing_card", "l-a", "--json"])?.ok()?.json_lines()?,
+            card,
+            "one row"
+        );
+        let missing = driftless(&db, &["query", "listing_card", "nope"])?;
+        ensure_eq!(missing.code(), Some(1), "a missing key");
+        ensure!(missing.stderr.contains("no row with the key"), "{}", missing.stderr);
+        let table = driftless(&db, &["query", "district_stats"])?.ok()?;
+        ensure!(table.stdout.contains("Mitte"), "{}", table.stdout);
+
+        let freshness = driftless(&db, &["freshness", "--json"])?.ok()?.json_lines()?;
+        let names: BTreeSet<&str> = freshness.iter().filter_map(|f| f.get("read_model")?.as_str()).collect();
+        ensure!(names.contains("listing_card") && names.contains("district_stats"), "{names:?}");
+        let metrics = driftless(&db, &["metrics"])?.ok()?;
+        ensure!(
+            metrics.stdout.contains("driftless_read_model_caught_up{read_model=\"listing_card\"}"),
+            "{}",
+            metrics.stdout
+        );
+        ensure!(metrics.stdout.contains("driftless_http_requests_total"), "the serving process's metrics");
+
+        let run = driftless(&db, &["reconcile", "--mode", "full", "--json"])?.ok()?.json_lines()?;
+        ensure_eq!(run.len(), 2, "one line per read model");
+        ensure!(run.iter().all(|r| r.get("drifted").and_then(Value::as_u64) == Some(0)), "{run:?}");
+
+        let verify = driftless(&db, &["verify", "--json"])?.ok()?.json_lines()?;
+        let integrity = verify.first().ok_or("no integrity line")?;
+        ensure_eq!(integrity.get("clean"), Some(&Value::Null), "the integrity check is not done live");
+        ensure!(
+            integrity
+                .get("not_checked")
+                .and_then(Value::as_str)
+                .is_some_and(|w| w.contains("held by the process")),
+            "{integrity}"
+        );
+        let all = verify.last().ok_or("no summary")?;
+        ensure_eq!(
+            all.get("complete").and_then(Value::as_bool),
+            Some(false),
+            "verify says it was not complete"
+        );
+        let words = driftless(&db, &["verify"])?.ok()?;
+        ensure!(words.stdout.contains("the file itself was not checked"), "{}", words.stdout);
+
+        let html = dir.path().join("report.html");
+        driftless(&db, &["report", "--html", path_str(&html)?])?.ok()?;
+        let page = std::fs::read_to_string(&html)?;
+        ensure!(page.starts_with("<!DOCTYPE html>") && page.contains("listing_card"), "{page}");
+
+        // A command that writes is still told the database is in use.
+        let write = driftless(&db, &["kill-switch", "listing_card", "on"])?;
+        ensure!(write.stderr.contains("in use"), "{}", write.stderr);
+        Ok(())
+    })();
+    let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = wait_timeout(&mut child, Duration::from_secs(10))?;
+    checks?;
+    ensure!(killed?.success() && status.success(), "`run` exits 0 on SIGTERM, not {status:?}");
+    ensure!(!dir.path().join("db.redb.serving").exists(), "the record is removed when the service stops");
+    // With the service gone, the commands open the file again.
+    driftless(&db, &["verify", "--json"])?.ok()?;
+    Ok(())
+}
+
+#[test]
 fn files_that_are_not_driftless_databases_are_refused_as_such() -> TestResult {
     let dir = tempfile::tempdir()?;
     let text = dir.path().join("notes.txt");

@@ -1,6 +1,7 @@
 //! The reconciliation harness: lease, worker pool, drift policy, promotion, paging,
 //! metrics.
 
+use crate::history::{self, record_rebuild_at, ReconcileHistory, RunRecord};
 use crate::pool::{self, KeyOutcome, Listing, PoolConfig, PoolEnd};
 use crate::port::Reconciler;
 use crate::report::{
@@ -346,7 +347,9 @@ impl HarnessBuilder {
 /// 3. applies the drift policy and the promotion state machine to the persisted
 ///    [`ReadModelHealth`] ([`health_key`]), pages through the [`Pager`] when that says so,
 ///    calls the demotion hook on promoted → demoted, records the metrics of
-///    [`metric_names`](driftless_domain::reconcile::metric_names) and logs transitions.
+///    [`metric_names`](driftless_domain::reconcile::metric_names), logs transitions, and
+///    appends the run to the read model's [`ReconcileHistory`] ([`Self::history`]). The
+///    run is a `tracing` span, `reconcile`, with its figures as fields.
 ///
 /// The lease is renewed during the run and released at its end (also on an early return).
 ///
@@ -550,7 +553,16 @@ impl ReconcileHarness {
     /// # Errors
     /// [`HarnessError::Commit`] when the health cannot be written.
     pub fn mark_rebuilt(&self, read_model: &str) -> Result<Option<Transition>, HarnessError> {
-        Ok(record_rebuild(&self.store, read_model)?)
+        Ok(record_rebuild_at(&self.store, read_model, self.clock.now())?)
+    }
+
+    /// The reconciliation history of `read_model`: its last recorded runs with their
+    /// figures and drifted keys, and its promotion changes (see [`ReconcileHistory`]).
+    ///
+    /// # Errors
+    /// [`HarnessError::Read`] when it cannot be read.
+    pub fn history(&self, read_model: &str) -> Result<ReconcileHistory, HarnessError> {
+        Ok(history::history(&self.store, read_model)?)
     }
 
     /// The lease currently stored, if any (it may have expired).
@@ -666,6 +678,19 @@ impl ReconcileHarness {
     ) -> Result<ReadModelReport, HarnessError> {
         let started = Instant::now();
         let name = reconciler.read_model().to_owned();
+        let span = tracing::info_span!(
+            "reconcile",
+            read_model = %name,
+            %mode,
+            sampled = tracing::field::Empty,
+            drifted = tracing::field::Empty,
+            errors = tracing::field::Empty,
+            drift_ratio = tracing::field::Empty,
+            verdict = tracing::field::Empty,
+            state = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let mut summary = RunSummary::new(name.clone(), mode);
         let mut drifted_keys: Vec<DriftedKey> = Vec::new();
         let mut failures: Vec<KeyFailure> = Vec::new();
@@ -750,6 +775,12 @@ impl ReconcileHarness {
                 PoolEnd::Stopped => Some(Interruption::LeaseLost),
             },
         };
+        span.record("sampled", summary.sampled)
+            .record("drifted", summary.drifted)
+            .record("errors", summary.errors)
+            .record("drift_ratio", summary.drift_ratio())
+            .record("verdict", verdict.as_str())
+            .record("duration_ms", report.duration_ms);
         if let Some(why) = report.interrupted {
             report.state = self.health(&name)?.state;
             tracing::warn!(read_model = %name, %mode, checked = summary.sampled, "{why}; the run is not recorded");
@@ -766,6 +797,7 @@ impl ReconcileHarness {
             })?;
         report.state = health.state;
         report.transition = observation.transition;
+        span.record("state", health.state.as_str());
 
         self.record_metrics(&summary, breach, observation.transition, duration);
         tracing::info!(
@@ -819,6 +851,7 @@ impl ReconcileHarness {
                 }
             }
         }
+        history::record_run(&self.store, RunRecord::of_report(&report, now, drift.breach_ppm), &name)?;
         Ok(report)
     }
 
@@ -853,9 +886,8 @@ pub(crate) fn cancelled(cancel: &Receiver<()>) -> bool {
     !matches!(cancel.try_recv(), Err(crossbeam_channel::TryRecvError::Empty))
 }
 
-/// Records in `store` that `read_model` was rebuilt from the journal: its streaks restart,
-/// and a demoted model goes back to shadow (the returned transition), where it must earn
-/// promotion again. The engine calls this after every rebuild.
+/// Records in `store` that `read_model` was rebuilt from the journal, now by the system
+/// clock: see [`record_rebuild_at`], which takes the time from the caller's clock.
 ///
 /// # Errors
 /// [`driftless_storage::CommitError`] when the health cannot be written.
@@ -863,17 +895,7 @@ pub fn record_rebuild(
     store: &Store,
     read_model: &str,
 ) -> Result<Option<Transition>, driftless_storage::CommitError> {
-    let transition = store.meta_update(&health_key(read_model), |current: Option<ReadModelHealth>| {
-        let mut health = current.unwrap_or_default();
-        let transition = health.rebuilt();
-        (Some(health), transition)
-    })?;
-    if let Some(t) = transition {
-        metrics::counter!(m::PROMOTIONS_TOTAL, m::LABEL_READ_MODEL => read_model.to_owned(), m::LABEL_TO => t.to.as_str())
-            .increment(1);
-        tracing::info!(read_model, from = %t.from, to = %t.to, "the rebuilt read model is back in shadow");
-    }
-    Ok(transition)
+    record_rebuild_at(store, read_model, driftless_domain::SystemClock.now())
 }
 
 /// Describes the reconciler's metrics to the installed `metrics` recorder (units and help

@@ -11,7 +11,9 @@
 //!   reconciler costs an error, never the run), the drift policy and the promotion state
 //!   machine of [`driftless_domain::reconcile`] persisted per read model, pages through a
 //!   [`Pager`], a demotion hook, metrics through the `metrics` facade and logs through
-//!   `tracing`.
+//!   `tracing`. Each finished run is kept in the read model's bounded
+//!   [`ReconcileHistory`] ([`ReconcileHarness::history`]): the last [`HISTORY_RUNS`] runs
+//!   with their figures and drifted keys, and the promotion changes.
 //! * [`ReconcileHarness::tick`] and [`ReconcileHarness::start_scheduler`] run the cadences
 //!   of the policy: a slot missed while the machine slept runs once, no slot runs twice.
 //!
@@ -54,6 +56,7 @@
 #![deny(missing_docs)]
 
 mod harness;
+mod history;
 mod pool;
 mod port;
 mod refold;
@@ -65,6 +68,10 @@ pub use harness::{
     HarnessError, Lease, ReconcileHarness, SeedSource, DEFAULT_KEY_TIMEOUT, DEFAULT_LEASE_TTL,
     DEFAULT_LIST_TIMEOUT, DEFAULT_MAX_ABANDONED_WORKERS, DEFAULT_POLL_INTERVAL, DEFAULT_POPULATION_LIMIT,
     DEFAULT_SAMPLE_BUDGET, DEFAULT_WORKERS, LEASE_KEY,
+};
+pub use history::{
+    history, history_key, record_rebuild_at, ReconcileHistory, RunRecord, TransitionCause, TransitionRecord,
+    HISTORY_DRIFTED_KEYS, HISTORY_REASON_CHARS, HISTORY_RUNS,
 };
 pub use port::{FnReconciler, ReconcileFailure, ReconcileSession, Reconciler};
 pub use refold::{compare_row, compare_row_in, RefoldReconciler};

@@ -2,7 +2,7 @@
 
 use driftless_domain::reconcile::{RunVerdict, Transition};
 use driftless_domain::{PromotionState, ReconcileMode, RunSummary, SampleKey, Timestamp};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The most drifted keys a [`ReadModelReport`] lists (the counts are always complete).
@@ -13,7 +13,7 @@ pub const MAX_REPORTED_FAILURES: usize = 100;
 pub const MAX_PAGED_DRIFTS: usize = 10;
 
 /// A key whose stored row differs from its replay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DriftedKey {
     /// The key.
     pub key: SampleKey,
@@ -22,7 +22,7 @@ pub struct DriftedKey {
 }
 
 /// How a key failed to be checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum FailureKind {
@@ -56,7 +56,7 @@ impl fmt::Display for FailureKind {
 }
 
 /// A key (or the listing of keys, `key: None`) that could not be checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyFailure {
     /// The key, or `None` when listing the keys failed.
     pub key: Option<SampleKey>,
@@ -67,7 +67,7 @@ pub struct KeyFailure {
 }
 
 /// Why a run did nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum SkipReason {
     /// Another run holds the reconciliation lease until `until`.
@@ -90,7 +90,7 @@ impl fmt::Display for SkipReason {
 }
 
 /// Why a run stopped before checking every key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Interruption {
@@ -110,7 +110,7 @@ impl fmt::Display for Interruption {
 }
 
 /// The outcome of reconciling one read model in one run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ReadModelReport {
     /// The read model.
@@ -162,7 +162,7 @@ impl ReadModelReport {
 }
 
 /// The outcome of one reconciliation run (one mode, one or all read models).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct RunReport {
     /// Sampled or full.
@@ -200,7 +200,7 @@ impl RunReport {
 /// An alert raised when a read model has breached the drift policy
 /// [`PromotionPolicy::page_after_breaches`](driftless_domain::PromotionPolicy) times in a
 /// row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Page {
     /// The read model.

@@ -94,7 +94,7 @@ impl Processed {
     }
 }
 
-/// An event handed to [`Store::project`], and where its report's id comes from.
+/// An event handed to [`StoreWriter::project`](crate::StoreWriter::project), and where its report's id comes from.
 ///
 /// A shared reference gives its report a copy of the id. A mutable reference hands the id
 /// over to the report and leaves the event with the empty id ([`EventId::default`]): the
@@ -126,7 +126,7 @@ impl<E> Delivery<E> for &mut PreparedEvent<E> {
     }
 }
 
-/// Where [`Store::project_with`] takes its deliveries: each one is processed as it is
+/// Where [`StoreWriter::project_with`](crate::StoreWriter::project_with) takes its deliveries: each one is processed as it is
 /// pushed, in the batch's transaction.
 pub struct Feed<'f, E> {
     batch: &'f mut dyn Process<E>,
@@ -1698,7 +1698,7 @@ impl Store {
     /// accumulated). Returns the position filed up to.
     ///
     /// # Errors
-    /// As [`Store::project`].
+    /// As [`StoreWriter::project`](crate::StoreWriter::project).
     pub fn file_aggregates(&self) -> Result<u64, CommitError> {
         self.contain_write("file_aggregates", || {
             if !self.journal_enabled() {

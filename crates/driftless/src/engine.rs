@@ -3,15 +3,16 @@
 use crate::error::{
     BuildError, DispatchBatchError, DispatchError, DispatchWaitError, EngineError, NotCommitted,
 };
+use crate::observe::{self, metric_names as m, OutcomeCounts, QueueDepth, ReadModelState};
 use crate::room::EventRoom;
 use crate::view::{MaterializedView, ViewSource};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use driftless_domain::{
-    Clock, Event, PreparedEvent, Projector, SystemClock, TableDef, Timestamp, Upcasters, ViewKey, ViewValue,
+    Clock, Event, PreparedEvent, Projector, SystemClock, TableDef, Upcasters, ViewKey, ViewValue,
 };
 use driftless_storage::{
-    CommitError, DeadLetter, Durability, EventOutcome, EventReport, Feed, KillSwitch, ReadAnswer,
-    ReadModelKind, Registry, ReplayReport, Store, StoreOptions, StoreWriter, MAX_EVENT_BYTES,
+    CommitError, DeadLetter, Durability, EventOutcome, EventReport, Feed, KillSwitch, ReadAnswer, Registry,
+    ReplayReport, Store, StoreOptions, StoreWriter, MAX_EVENT_BYTES,
 };
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tracing::field::Empty;
 
 /// What `dispatch` does when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +46,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 /// of large batches waits (or is refused) once 16,384 events are queued, where the message
 /// bound alone would let 1,024 batches of 1,000 events pile up.
 pub const DEFAULT_QUEUE_EVENTS: usize = 16_384;
+
+/// The default interval of the state gauges the writer records: 1 s.
+pub const DEFAULT_GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings of an engine.
 #[derive(Debug, Clone)]
@@ -78,6 +83,10 @@ pub struct EngineOptions {
     /// Whether a read model demoted by reconciliation has its kill switch engaged, so that
     /// readers go to the source of truth until it is rebuilt.
     pub demotion_engages_kill_switch: bool,
+    /// How often the writer records the state gauges ([`Engine::record_gauges`]) through
+    /// the `metrics` facade: after a commit or while idle, once this long has passed since
+    /// the last time (`None`: only when [`Engine::record_gauges`] is called). Default 1 s.
+    pub gauge_interval: Option<Duration>,
     /// redb page-cache size in bytes (`None`: redb's default of 1 GiB); default
     /// [`DEFAULT_CACHE_BYTES`].
     pub cache_bytes: Option<usize>,
@@ -105,6 +114,7 @@ impl Default for EngineOptions {
             journal: true,
             kill_switch_pauses_projection: false,
             view_refresh_interval: None,
+            gauge_interval: Some(DEFAULT_GAUGE_INTERVAL),
             cache_bytes: Some(DEFAULT_CACHE_BYTES),
             demotion_engages_kill_switch: true,
             check_integrity_on_open: true,
@@ -294,6 +304,12 @@ impl<E: Event> EngineBuilder<E> {
                 reason: "it must be at least 1",
             });
         }
+        if o.gauge_interval.is_some_and(|d| d.is_zero()) {
+            return Err(BuildError::InvalidSetting {
+                setting: "gauge_interval",
+                reason: "it must be longer than zero",
+            });
+        }
         if o.view_refresh_interval.is_some_and(|d| d.is_zero()) {
             return Err(BuildError::InvalidSetting {
                 setting: "view_refresh_interval",
@@ -349,6 +365,7 @@ impl<E: Event> EngineBuilder<E> {
             // The writer's work at open counts as one: until it is done, `dispatch_and_wait`
             // queues its event behind it.
             unfinished: AtomicUsize::new(1),
+            gauges_at: Mutex::new(None),
         });
         let (tx, rx) = bounded::<Msg<E>>(shared.options.queue_capacity);
         let writer_shared = Arc::clone(&shared);
@@ -397,6 +414,8 @@ struct Shared<E: Event> {
     /// Event messages sent to the writer and not yet committed (or failed), plus one until
     /// the writer has done its work at open (rebuilds, catch-up).
     unfinished: AtomicUsize,
+    /// When the writer last recorded the state gauges.
+    gauges_at: Mutex<Option<Instant>>,
 }
 
 impl<E: Event> Shared<E> {
@@ -407,12 +426,40 @@ impl<E: Event> Shared<E> {
 
     fn refresh(&self, view: &dyn MaterializedView) -> Result<(), EngineError> {
         let name = view.table().name.to_string();
+        let span = tracing::info_span!("view_refresh", read_model = %name, rows = Empty, seconds = Empty);
+        let _entered = span.enter();
+        let started = Instant::now();
         let rows = view
             .refresh(&ViewSource { store: &self.store })
             .map_err(|reason| EngineError::Refresh { view: name.clone(), reason })?;
         self.writer.lock().replace_view(&name, &rows, self.clock.now())?;
-        metrics::counter!("driftless_view_refreshes_total", "view" => name).increment(1);
+        let seconds = started.elapsed().as_secs_f64();
+        span.record("rows", rows.len()).record("seconds", seconds);
+        metrics::counter!(m::VIEW_REFRESHES_TOTAL, m::LABEL_READ_MODEL => name.clone()).increment(1);
+        metrics::histogram!(m::VIEW_REFRESH_SECONDS, m::LABEL_READ_MODEL => name).record(seconds);
         Ok(())
+    }
+
+    fn queue_depth(&self, messages: usize) -> QueueDepth {
+        QueueDepth { events: self.room.queued(), messages }
+    }
+
+    /// Records the state gauges if [`EngineOptions::gauge_interval`] has passed since the
+    /// last time; `messages` is how many messages are queued.
+    fn record_gauges_when_due(&self, messages: usize) {
+        let Some(every) = self.options.gauge_interval else { return };
+        {
+            let mut at = self.gauges_at.lock();
+            if at.is_some_and(|t| t.elapsed() < every) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        let recorded =
+            observe::record_gauges(&self.store, &self.registry, self.clock.now(), self.queue_depth(messages));
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "the state gauges could not be recorded");
+        }
     }
 }
 
@@ -553,7 +600,7 @@ impl BatchReceipt {
 }
 
 /// Freshness of one read model.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Freshness {
     /// The read model.
     pub read_model: String,
@@ -708,7 +755,7 @@ impl<E: Event> Engine<E> {
     /// # Errors
     /// [`DispatchBatchError`]: as for [`Engine::dispatch`], for the first event that could
     /// not be queued. The events before it that were queued are committed all the same; the
-    /// error carries their receipt ([`DispatchBatchError::queued`]), and the events from the
+    /// error carries their receipt ([`DispatchBatchError::into_queued`]), and the events from the
     /// failing one on are not queued.
     pub fn dispatch_batch(
         &self,
@@ -877,7 +924,11 @@ impl<E: Event> Engine<E> {
         };
         if let Some(h) = self.shared.registry.handlers().get(i) {
             for table in h.table_names() {
-                let transition = driftless_reconciler::record_rebuild(&self.shared.store, table)?;
+                let transition = driftless_reconciler::record_rebuild_at(
+                    &self.shared.store,
+                    table,
+                    self.shared.clock.now(),
+                )?;
                 // A demotion engaged the kill switch "until it is rebuilt": release it. A
                 // switch engaged by hand on a read model that was not demoted stays on.
                 let was_demoted = transition
@@ -1021,43 +1072,46 @@ impl<E: Event> Engine<E> {
     /// # Errors
     /// Storage errors.
     pub fn freshness(&self) -> Result<Vec<Freshness>, EngineError> {
-        let store = &self.shared.store;
-        let now = self.shared.clock.now();
-        let head = store.journal_head()?;
-        let handlers = store.handler_records()?;
-        let mut out = Vec::new();
-        for (name, rec) in store.read_model_records()? {
-            let f = match rec.kind {
-                ReadModelKind::Projected => {
-                    let Some((_, h)) = handlers.iter().find(|(n, _)| *n == rec.owner) else { continue };
-                    if self.shared.registry.handler_index(&rec.owner).is_none() {
-                        continue;
-                    }
-                    Freshness {
-                        read_model: name,
-                        owner: rec.owner.clone(),
-                        seconds: h.last_occurred_at.map(|t| seconds_between(t, now)),
-                        commit_lag_ms: h.last_commit_lag_ms,
-                        caught_up: !h.paused && h.seen >= head,
-                        applied: h.applied,
-                        dead_letters: h.dead_letters,
-                        switched_off: rec.kill_switch.is_some(),
-                    }
-                }
-                ReadModelKind::View => Freshness {
-                    read_model: name,
-                    owner: rec.owner.clone(),
-                    seconds: rec.refreshed_at.map(|t| seconds_between(t, now)),
-                    commit_lag_ms: None,
-                    caught_up: true,
-                    applied: 0,
-                    dead_letters: 0,
-                    switched_off: rec.kill_switch.is_some(),
-                },
-            };
-            out.push(f);
-        }
-        Ok(out)
+        let shared = &self.shared;
+        Ok(observe::freshness(&shared.store, &shared.registry, shared.clock.now())?)
+    }
+
+    /// Where every read model and view stands: its freshness, kill switch and (projected
+    /// read models) reconciliation health.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn read_model_states(&self) -> Result<Vec<ReadModelState>, EngineError> {
+        let shared = &self.shared;
+        Ok(observe::states(&shared.store, &shared.registry, shared.clock.now())?)
+    }
+
+    /// Records the engine's state gauges through the `metrics` facade now (the writer also
+    /// records them every [`EngineOptions::gauge_interval`]): the queue in events and
+    /// messages, whether the engine is poisoned, the journal head, per handler its applied
+    /// events and journal position, and per read model its freshness and commit lag,
+    /// caught-up flag, dead letters, kill switch and, for projected read models, promotion
+    /// state and clean and breach streaks. Names in [`crate::metric_names`].
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn record_gauges(&self) -> Result<(), EngineError> {
+        let shared = &self.shared;
+        let depth = shared.queue_depth(self.queued());
+        Ok(observe::record_gauges(&shared.store, &shared.registry, shared.clock.now(), depth)?)
+    }
+
+    /// The reconciliation history of `read_model`: its last recorded runs with their
+    /// figures and drifted keys, and its promotion changes (empty when it was never
+    /// reconciled).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn reconcile_history(
+        &self,
+        read_model: &str,
+    ) -> Result<driftless_reconciler::ReconcileHistory, EngineError> {
+        Ok(driftless_reconciler::history(&self.shared.store, read_model)?)
     }
 
     /// Freshness of one read model.
@@ -1124,10 +1178,6 @@ fn dispatch_to_engine(e: DispatchError) -> EngineError {
     }
 }
 
-fn seconds_between(then: Timestamp, now: Timestamp) -> f64 {
-    now.millis_since(then) as f64 / 1000.0
-}
-
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     driftless_domain::panic_text(&**panic).unwrap_or_else(|| "a non-text panic payload".to_string())
 }
@@ -1177,6 +1227,7 @@ fn writer_loop<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) {
                 let _ = reply.send(out);
             }
         }
+        shared.record_gauges_when_due(rx.len());
     }
 }
 
@@ -1192,6 +1243,7 @@ fn next_message<E: Event>(shared: &Shared<E>, rx: &Receiver<Msg<E>>) -> Option<M
             Err(RecvTimeoutError::Timeout) => {}
         }
         file_when_idle(shared);
+        shared.record_gauges_when_due(rx.len());
         match rx.recv_timeout(IDLE_CHECK) {
             Ok(m) => return Some(m),
             Err(RecvTimeoutError::Disconnected) => return None,
@@ -1229,7 +1281,7 @@ fn file_when_idle<E: Event>(shared: &Shared<E>) {
     let Some(writer) = shared.writer.try_lock() else { return };
     let started = Instant::now();
     match writer.file_aggregates() {
-        Ok(_) => metrics::histogram!("driftless_filing_seconds").record(started.elapsed().as_secs_f64()),
+        Ok(_) => metrics::histogram!(m::FILING_SECONDS).record(started.elapsed().as_secs_f64()),
         Err(e) => tracing::error!(error = %e, "filing the journal by aggregate failed"),
     }
 }
@@ -1238,14 +1290,14 @@ fn startup<E: Event>(shared: &Shared<E>, writer: &StoreWriter) {
     let now = || shared.clock.now();
     for name in &shared.registry.needs_rebuild {
         let Some(i) = shared.registry.handler_index(name.as_str()) else { continue };
-        if let Err(e) = writer.rebuild(&shared.registry, i, now(), &mut |_, _| {}) {
+        if let Err(e) = observe::rebuild(writer, &shared.registry, i, now()) {
             tracing::error!(handler = %name, error = %e, "rebuild at open failed");
             shared.store.poison(format!("rebuilding {name} at open failed: {e}"));
             return;
         }
     }
     for i in 0..shared.registry.handlers().len() {
-        match writer.catch_up(&shared.registry, i, &now) {
+        match observe::catch_up(writer, &shared.registry, i, &now) {
             Ok(r) if r.replayed > 0 => {
                 tracing::info!(handler = i, replayed = r.replayed, "caught up from the journal")
             }
@@ -1349,6 +1401,18 @@ fn commit_events<E: Event>(
     if let Some(p) = shared.store.poisoned() {
         return Err(NotCommitted::CommitFailed(p.first_failure));
     }
+    let span = tracing::debug_span!(
+        "commit",
+        events = Empty,
+        applied = Empty,
+        duplicate = Empty,
+        conflict = Empty,
+        rejected = Empty,
+        deferred = Empty,
+        refused = Empty,
+        seconds = Empty,
+    );
+    let _entered = span.enter();
     let started = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| {
         writer.project_with(&shared.registry, shared.clock.now(), expected, feed)
@@ -1370,39 +1434,21 @@ fn commit_events<E: Event>(
         }
     };
     // The whole transaction: a group's processing and its gathering are one.
-    metrics::histogram!("driftless_commit_seconds").record(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    span.record("seconds", seconds);
+    metrics::histogram!(m::COMMIT_SECONDS).record(seconds);
     if let Ok(reports) = &result {
-        metrics::histogram!("driftless_batch_events").record(reports.len() as f64);
-        count_outcomes(reports);
+        metrics::histogram!(m::BATCH_EVENTS).record(reports.len() as f64);
+        let counts = OutcomeCounts::of(reports);
+        span.record("events", reports.len());
+        for (outcome, n) in counts.labelled() {
+            span.record(outcome, n);
+            if n > 0 {
+                metrics::counter!(m::EVENTS_TOTAL, m::LABEL_OUTCOME => outcome).increment(n);
+            }
+        }
     }
     result
-}
-
-fn count_outcomes(reports: &[EventReport]) {
-    let (mut applied, mut duplicate, mut conflict, mut rejected, mut deferred, mut refused) =
-        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    for r in reports {
-        match r.outcome {
-            EventOutcome::Applied => applied += 1,
-            EventOutcome::Duplicate => duplicate += 1,
-            EventOutcome::Conflict { .. } => conflict += 1,
-            EventOutcome::Rejected { .. } => rejected += 1,
-            EventOutcome::Deferred => deferred += 1,
-            EventOutcome::Refused { .. } => refused += 1,
-        }
-    }
-    for (outcome, n) in [
-        ("applied", applied),
-        ("duplicate", duplicate),
-        ("conflict", conflict),
-        ("rejected", rejected),
-        ("deferred", deferred),
-        ("refused", refused),
-    ] {
-        if n > 0 {
-            metrics::counter!("driftless_events_total", "outcome" => outcome).increment(n);
-        }
-    }
 }
 
 fn run_command<E: Event>(
@@ -1416,7 +1462,7 @@ fn run_command<E: Event>(
     let now = || shared.clock.now();
     match cmd {
         Command::Rebuild(i) => {
-            Ok(CommandOutput::Rebuilt(writer.rebuild(&shared.registry, i, now(), &mut |_, _| {})?))
+            Ok(CommandOutput::Rebuilt(observe::rebuild(writer, &shared.registry, i, now())?))
         }
         Command::Retry { handler, event_id } => Ok(CommandOutput::Retried(writer.retry_dead_letter(
             &shared.registry,
@@ -1443,7 +1489,7 @@ fn run_command<E: Event>(
                     .owner_of(&read_model)
                     .and_then(|h| shared.registry.handler_index(h.name().as_str()))
                 {
-                    writer.catch_up(&shared.registry, i, &now)?;
+                    observe::catch_up(writer, &shared.registry, i, &now)?;
                 }
             }
             writer.set_kill_switch(&read_model, switch)?;

@@ -97,6 +97,7 @@
 
 mod engine;
 mod error;
+mod observe;
 mod room;
 mod view;
 
@@ -109,11 +110,12 @@ pub mod reconcile {
 
 pub use engine::{
     BatchReceipt, Engine, EngineBuilder, EngineOptions, Freshness, Receipt, WhenFull, DEFAULT_CACHE_BYTES,
-    DEFAULT_QUEUE_EVENTS,
+    DEFAULT_GAUGE_INTERVAL, DEFAULT_QUEUE_EVENTS,
 };
 pub use error::{
     BuildError, DispatchBatchError, DispatchError, DispatchWaitError, EngineError, NotCommitted,
 };
+pub use observe::{describe_metrics, metric_names, ReadModelState};
 pub use view::{MaterializedView, View, ViewSource};
 
 pub use driftless_domain::{
